@@ -1,0 +1,35 @@
+# mvssl: two commands on a fresh machine.
+#   make book   create .venv, install everything, build the HTML book into _build/html
+#   make test   create .venv, install everything, run the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# torch and torchvision are installed first, as a matched pair.
+ARCH := $(shell uname -m)
+ifeq ($(ARCH),aarch64)
+TORCH_PAIR ?= torch==2.9.1 torchvision==0.24.1
+else
+TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
+endif
+
+.PHONY: install test book bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(TORCH_PAIR)
+	$(BIN)/pip install --quiet -e ".[book,dev]"
+	touch $@
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python scripts/bench_core.py
+
+clean:
+	rm -rf _build _vendor .pytest_cache

@@ -1,0 +1,91 @@
+"""Argument checks shared by the estimators and bounds: one wording for one contract.
+
+Each check raises ``ValueError`` (bad value or shape) or ``TypeError`` (bad type) with a message
+that names the argument and says what was expected.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import torch
+
+
+def tensor(x: object, name: str) -> torch.Tensor:
+    """Reject anything that is not a floating-point tensor."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not torch.is_floating_point(x):
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    return x
+
+
+def finite(x: torch.Tensor, name: str) -> torch.Tensor:
+    """Reject NaN or infinite entries (checked without autograd, one device sync)."""
+    if not bool(torch.isfinite(x.detach()).all()):
+        raise ValueError(f"{name} must contain only finite values (found NaN or inf)")
+    return x
+
+
+def embeddings(z: object, name: str, min_samples: int = 2) -> torch.Tensor:
+    """A floating ``(N, d)`` batch of finite embeddings with ``N >= min_samples``."""
+    z = tensor(z, name)
+    if z.dim() != 2:
+        raise ValueError(f"{name} must have shape (N, d), got a tensor of shape {tuple(z.shape)}")
+    if z.shape[0] < min_samples:
+        raise ValueError(f"{name} needs at least {min_samples} samples (rows), got {z.shape[0]}")
+    if z.shape[1] < 1:
+        raise ValueError(f"{name} must have at least one dimension (column), got shape {tuple(z.shape)}")
+    return finite(z, name)
+
+
+def same_shape(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+
+
+def positive(value: object, name: str) -> float:
+    """A finite real number > 0 (a Python number or a one-element tensor)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    return value
+
+
+def positive_int(value: object, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return value
+
+
+def choice(value: object, name: str, options: tuple[str, ...]) -> str:
+    if value not in options:
+        raise ValueError(f"{name} must be one of {options}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def probabilities(p: object, name: str, atol: float = 1e-4) -> torch.Tensor:
+    """A floating ``(N, K)`` tensor whose rows are probability vectors (>= 0, summing to 1)."""
+    p = embeddings(p, name, min_samples=1)
+    pd = p.detach()
+    if bool((pd < 0).any()):
+        raise ValueError(f"{name} rows must be probability vectors: found negative entries")
+    sums = pd.sum(dim=1, dtype=torch.float32)
+    if not bool(torch.allclose(sums, torch.ones_like(sums), atol=atol)):
+        worst = float((sums - 1).abs().max())
+        raise ValueError(
+            f"{name} rows must be probability vectors summing to 1 (largest deviation {worst:.3g}); "
+            "pass softmax outputs, not logits"
+        )
+    return p
