@@ -28,6 +28,16 @@ $(STAMP): pyproject.toml Makefile
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The book: fetch the offline JavaScript (MathJax, widget manager) into _vendor/, execute every
+# chapter (a failing cell fails the build), treat warnings as errors, and refuse any page that
+# still shows a traceback.
+book: $(STAMP)
+	scripts/vendor_js.sh
+	$(BIN)/jupyter-book build . --all -W -n --keep-going
+	@pages=$$(grep -rl --include='*.html' 'class="output traceback"' _build/html || true); \
+	if [ -n "$$pages" ]; then echo "make book: cell tracebacks in: $$pages" >&2; exit 1; fi
+	@echo "Book built. Open file://$(CURDIR)/_build/html/index.html"
+
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_core.py
 

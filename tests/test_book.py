@@ -1,0 +1,86 @@
+"""The book's chapters run: every page listed in _toc.yml exists, and every notebook page executes
+without a cell error in a fresh kernel (the same check `make book` makes, without Sphinx)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jupytext
+import nbclient
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SUFFIXES = (".md", ".ipynb")
+
+
+def _toc_entries(node: object) -> list[str]:
+    """Every `root:` and `file:` value of a Jupyter Book 1 _toc.yml, in order."""
+    found: list[str] = []
+    if isinstance(node, dict):
+        for key in ("root", "file"):
+            if isinstance(node.get(key), str):
+                found.append(node[key])
+        for value in node.values():
+            if isinstance(value, (dict, list)):
+                found.extend(_toc_entries(value))
+    elif isinstance(node, list):
+        for item in node:
+            found.extend(_toc_entries(item))
+    return found
+
+
+def _resolve(entry: str) -> Path | None:
+    """The source file of a toc entry (given with or without its suffix), or None."""
+    path = ROOT / entry
+    if path.suffix in SUFFIXES and path.is_file():
+        return path
+    matches = [c for c in (path.with_name(path.name + s) for s in SUFFIXES) if c.is_file()]
+    return matches[0] if len(matches) == 1 else None
+
+
+TOC = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
+ENTRIES = _toc_entries(TOC)
+
+
+def _is_notebook(path: Path) -> bool:
+    """A page with code to run: an .ipynb, or MyST markdown with a kernelspec and code cells."""
+    nb = jupytext.read(path)
+    has_code = any(cell.cell_type == "code" for cell in nb.cells)
+    return has_code and (path.suffix == ".ipynb" or "kernelspec" in nb.metadata)
+
+
+CHAPTERS = [p for p in (_resolve(e) for e in ENTRIES) if p is not None and _is_notebook(p)]
+
+
+def test_toc_lists_only_existing_files():
+    assert TOC.get("format") == "jb-book", "_toc.yml must be a Jupyter Book 1 'jb-book' toc"
+    assert ENTRIES, "_toc.yml lists no pages"
+    missing = [e for e in ENTRIES if _resolve(e) is None]
+    assert not missing, f"_toc.yml lists pages with no (unique) .md/.ipynb file: {missing}"
+    assert len(set(ENTRIES)) == len(ENTRIES), "_toc.yml lists a page twice"
+
+
+def test_there_are_chapters_to_run():
+    assert CHAPTERS, "no executable chapter found in _toc.yml"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=[str(p.relative_to(ROOT)) for p in CHAPTERS])
+def test_chapter_executes_without_errors(path: Path):
+    nb = jupytext.read(path)
+    client = nbclient.NotebookClient(
+        nb,
+        timeout=300,
+        kernel_name="python3",
+        allow_errors=False,
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    client.execute()  # raises CellExecutionError, naming the cell, on the first failing cell
+    errors = [
+        output
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
+        if output.get("output_type") == "error"
+    ]
+    assert not errors, f"{path.name}: cell errors {[e.get('ename') for e in errors]}"
