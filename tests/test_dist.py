@@ -63,6 +63,20 @@ CASES = {
         lambda a, b, distributed: losses.nt_xent(a, b, temperature=0.3, distributed=distributed),
     ),
     "uniformity": (lambda: [_batch(9)], lambda z, distributed: bounds.uniformity(z, distributed=distributed)),
+    "er_vmf": (
+        lambda: [_batch(10), _batch(11)],
+        lambda a, b, distributed: bounds.er_bound(a, b, kappa=4.0, distributed=distributed).bound,
+    ),
+    "er_gaussian_plugin_loo": (
+        lambda: [_batch(12), _batch(13)],
+        lambda a, b, distributed: bounds.er_bound(
+            a, b, kernel="gaussian", bandwidth=2.0, estimator="plugin", leave_one_out=True, distributed=distributed
+        ).bound,
+    ),
+    "er_discrete": (
+        lambda: [_batch(14), _batch(15)],
+        lambda a, b, distributed: bounds.er_bound_discrete(a, b, temperature=0.5, distributed=distributed).bound,
+    ),
 }
 
 
