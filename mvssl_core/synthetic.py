@@ -36,6 +36,8 @@ __all__ = [
     "transformed_gaussians",
     "apply_transform",
     "invert_transform",
+    "sample_uniform_sphere",
+    "sample_vmf",
 ]
 
 POOLE_STAIRCASE_NATS = (2, 4, 6, 8, 10)
@@ -251,3 +253,102 @@ def transformed_gaussians(
     checks.choice(transform, "transform", TRANSFORMS)
     x, y = correlated_gaussians(n, dim, rho, generator=generator, dtype=dtype)
     return apply_transform(x, transform), apply_transform(y, transform)
+
+
+def sample_uniform_sphere(
+    n: int, dim: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
+    """Sample n points uniformly on the sphere S^{dim-1} in R^dim (normalised Gaussians).
+
+    Returns:
+        (n, dim) unit vectors; their entropy is ``special.uniform_sphere_entropy(dim)`` nats.
+    """
+    n = checks.positive_int(n, "n")
+    dim = checks.positive_int(dim, "dim", minimum=2)
+    dtype = _dtype(dtype)
+    device = generator.device if generator is not None else None
+    g = torch.randn(n, dim, generator=generator, dtype=dtype, device=device)
+    return torch.nn.functional.normalize(g, dim=1)
+
+
+def sample_vmf(
+    n: int,
+    mu: torch.Tensor,
+    kappa: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Sample n points from the von Mises-Fisher distribution vMF(mu, kappa) on S^{d-1} [1].
+
+    Wood's (1994) rejection sampler for the component w = mu^T z, whose density is proportional
+    to exp(kappa w) (1 - w^2)^{(d-3)/2}, then a uniform direction in the tangent space of mu.
+    The envelope is a transformed Beta((d-1)/2, (d-1)/2) variable; acceptance is high for every
+    kappa and d, so a few vectorised rounds suffice.
+
+    Args:
+        n: number of samples >= 1.
+        mu: (d,) mean direction (normalised here), d >= 2; its dtype and device are used.
+        kappa: concentration > 0.
+        generator: torch.Generator for reproducible samples.
+
+    Returns:
+        (n, d) unit vectors; their entropy is ``special.vmf_entropy(d, kappa)`` nats and
+        E[mu^T z] = ``special.vmf_mean_resultant_length(d, kappa)``.
+
+    [1] A. T. A. Wood, "Simulation of the von Mises Fisher distribution", Communications in
+        Statistics - Simulation and Computation 23(1), 1994.
+    """
+    n = checks.positive_int(n, "n")
+    mu = checks.tensor(mu, "mu")
+    if mu.dim() != 1 or mu.shape[0] < 2:
+        raise ValueError(f"mu must be a (d,) vector with d >= 2, got shape {tuple(mu.shape)}")
+    checks.finite(mu, "mu")
+    if float(mu.norm()) == 0.0:
+        raise ValueError("mu must be a non-zero vector")
+    kappa = checks.positive(kappa, "kappa")
+    dtype, device = mu.dtype, mu.device
+    mu = torch.nn.functional.normalize(mu.to(torch.float64), dim=0)
+    d = mu.shape[0]
+    m = d - 1.0
+    # b = (-2 kappa + sqrt(4 kappa^2 + m^2)) / m, written without cancellation for large kappa.
+    b = m / (2.0 * kappa + math.sqrt(4.0 * kappa * kappa + m * m))
+    x0 = (1.0 - b) / (1.0 + b)
+    c = kappa * x0 + m * math.log(1.0 - x0 * x0)
+    # Beta((d-1)/2, (d-1)/2) from two Gamma variables; torch's Gamma sampler takes no generator,
+    # so it is seeded from the generator's stream.
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=device).item())
+    beta_rng = torch.Generator().manual_seed(seed)
+    w = torch.empty(0, dtype=torch.float64)
+    while w.shape[0] < n:
+        m_draw = 2 * (n - w.shape[0]) + 16
+        ga = _standard_gamma(m / 2.0, m_draw, beta_rng)
+        gb = _standard_gamma(m / 2.0, m_draw, beta_rng)
+        z = ga / (ga + gb)
+        cand = (1.0 - (1.0 + b) * z) / (1.0 - (1.0 - b) * z)
+        u = torch.rand(m_draw, generator=beta_rng, dtype=torch.float64)
+        accept = kappa * cand + m * torch.log1p(-x0 * cand) - c >= torch.log(u)
+        w = torch.cat([w, cand[accept]])
+    w = w[:n].to(device)
+    v = torch.randn(n, d, generator=generator, dtype=torch.float64, device=device)
+    v = torch.nn.functional.normalize(v - (v @ mu)[:, None] * mu, dim=1)
+    out = w[:, None] * mu + torch.sqrt((1.0 - w * w).clamp_min(0.0))[:, None] * v
+    return out.to(dtype)
+
+
+def _standard_gamma(shape: float, n: int, generator: torch.Generator) -> torch.Tensor:
+    """Gamma(shape, 1) samples by Marsaglia and Tsang's method, driven by ``generator``."""
+    boost = shape < 1.0  # Gamma(a) = Gamma(a + 1) * U^{1/a}
+    a = shape + 1.0 if boost else shape
+    d = a - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    out = torch.empty(0, dtype=torch.float64)
+    while out.shape[0] < n:
+        k = 2 * (n - out.shape[0]) + 16
+        x = torch.randn(k, generator=generator, dtype=torch.float64)
+        v = (1.0 + c * x) ** 3
+        u = torch.rand(k, generator=generator, dtype=torch.float64)
+        ok = (v > 0) & (torch.log(u) < 0.5 * x * x + d - d * v + d * torch.log(v.clamp_min(1e-300)))
+        out = torch.cat([out, d * v[ok]])
+    out = out[:n]
+    if boost:
+        out = out * torch.rand(n, generator=generator, dtype=torch.float64) ** (1.0 / shape)
+    return out

@@ -192,3 +192,65 @@ def test_normal_cdf_family_uniform_marginals_and_rank_mi():
 def test_bad_input(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+# --- samplers on the sphere -------------------------------------------------------------------
+
+from mvssl_core import special  # noqa: E402
+from mvssl_core.synthetic import sample_uniform_sphere, sample_vmf  # noqa: E402
+
+
+def _mu(d: int) -> torch.Tensor:
+    mu = torch.zeros(d, dtype=torch.float64)
+    mu[0] = 1.0
+    return mu
+
+
+@pytest.mark.parametrize("d,kappa", [(2, 4.0), (3, 0.5), (3, 10.0), (10, 5.0), (128, 10.0), (256, 300.0)])
+def test_vmf_mean_resultant_length(d, kappa):
+    # E[mu^T z] = A_d(kappa); 5 standard errors of the sample mean of w over 40k samples.
+    n = 40_000
+    z = sample_vmf(n, _mu(d), kappa, generator=torch.Generator().manual_seed(d))
+    w = z[:, 0]
+    torch.testing.assert_close(z.norm(dim=1), torch.ones(n, dtype=torch.float64))
+    se = float(w.std()) / n**0.5
+    assert abs(float(w.mean()) - float(special.vmf_mean_resultant_length(d, kappa))) < 5 * se
+
+
+def test_vmf_on_s2_matches_the_closed_form_cdf():
+    # On S^2 the component w = mu^T z has CDF (e^{kappa w} - e^{-kappa}) / (e^{kappa} - e^{-kappa}).
+    # Kolmogorov-Smirnov distance below 1.63 / sqrt(n) (the 1% critical value).
+    kappa, n = 3.0, 20_000
+    w, _ = torch.sort(sample_vmf(n, _mu(3), kappa, generator=torch.Generator().manual_seed(1))[:, 0])
+    cdf = (torch.exp(kappa * w) - math.exp(-kappa)) / (math.exp(kappa) - math.exp(-kappa))
+    ecdf = torch.arange(1, n + 1, dtype=torch.float64) / n
+    ks = float(torch.maximum((ecdf - cdf).abs(), (ecdf - 1.0 / n - cdf).abs()).max())
+    assert ks < 1.63 / n**0.5
+
+
+def test_vmf_tangent_part_is_isotropic_and_direction_is_respected():
+    d, kappa, n = 5, 2.0, 40_000
+    mu = torch.nn.functional.normalize(torch.arange(1.0, d + 1, dtype=torch.float64), dim=0)
+    z = sample_vmf(n, mu * 7.0, kappa, generator=torch.Generator().manual_seed(2))  # mu normalised inside
+    w = z @ mu
+    tangent = z - w[:, None] * mu
+    # E[tangent tangent^T] = (1 - E w^2) / (d - 1) * (I - mu mu^T)
+    expected = (1 - float((w * w).mean())) / (d - 1) * (torch.eye(d, dtype=torch.float64) - torch.outer(mu, mu))
+    torch.testing.assert_close(tangent.T @ tangent / n, expected, atol=0.01, rtol=0)
+
+
+def test_samplers_are_reproducible_and_validate_input():
+    a = sample_vmf(10, _mu(4), 1.0, generator=torch.Generator().manual_seed(3))
+    b = sample_vmf(10, _mu(4), 1.0, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    u = sample_uniform_sphere(1000, 6, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(u.norm(dim=1), torch.ones(1000, dtype=torch.float64))
+    assert abs(float(u.mean(0).abs().max())) < 0.15
+    with pytest.raises(ValueError, match="kappa"):
+        sample_vmf(5, _mu(3), 0.0)
+    with pytest.raises(ValueError, match="mu"):
+        sample_vmf(5, torch.zeros(3, dtype=torch.float64), 1.0)
+    with pytest.raises(ValueError, match="mu"):
+        sample_vmf(5, torch.zeros(2, 3, dtype=torch.float64), 1.0)
+    with pytest.raises(ValueError, match="dim"):
+        sample_uniform_sphere(5, 1)
