@@ -25,7 +25,11 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet -e ".[book,dev]"
 	touch $@
 
+# tests/test_browser.py opens the built book in Debian's chromium: install it when running as root.
 test: $(STAMP)
+	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || \
+	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
+	  echo "make test: could not install chromium; tests/test_browser.py will be skipped" >&2
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The book: fetch the offline JavaScript (MathJax, widget manager) into _vendor/, execute every
