@@ -1,0 +1,129 @@
+"""BYOL [0] and its ER variant: online network + predictor, EMA target network, normalised MSE
+(or minus the continuous ER bound [1]).
+
+[0] Grill et al., "Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning", NeurIPS 2020.
+[1] Rodriguez-Galvez et al., "The Role of Entropy and Reconstruction in Multi-View Self-Supervised
+    Learning", ICML 2023, arXiv 2307.10907.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mvssl_core import _checks as checks
+from mvssl_core import bounds, entropy
+from mvssl_core.ema import cosine_momentum, ema_update_, frozen_copy
+from mvssl_core.heads import BYOL_PREDICTOR, BYOL_PROJECTOR, MLPSpec, as_spec, build_mlp
+from mvssl_core.losses import byol_loss
+from mvssl_core.methods.step import StepOutput, check_views, forward_crops, projection_metrics, report
+
+__all__ = ["BYOL"]
+
+
+class BYOL(nn.Module):
+    """BYOL: the online network's prediction of one view regresses the target network's projection
+    of the other; the target is an EMA of the online network (momentum 0.996 -> 1, cosine) [0].
+
+    Loss ``L = byol(p1, z'2) + byol(p2, z'1)`` (the paper's symmetrised sum), ``byol = 2 - 2 cos``.
+
+    ER variant (``er=True``, [1]): the loss is ``-(ER_{2|1} + ER_{1|2}) / 2`` with
+    ``ER_{2|1} = H(z2) + mean log q_vMF(z'2 | p1, kappa)``: the reconstruction is the vMF
+    log-likelihood of the target projection z'2 (stop-gradient) around the online prediction p1
+    (BYOL's own term with kappa in place of 1). Which branch's entropy enters is the open choice:
+    the target branch gets no gradient, so by default (``entropy_branch="online"``) the entropy is
+    the KDE entropy of the *online projections* z2 of the same view, the network the target
+    averages; ``"target"`` uses H(z'2), which only reports and does not train. Everything else
+    (EMA, predictor) is unchanged.
+
+    ``predictor=None`` and ``base_momentum = final_momentum = 0`` (target = online network,
+    stop-gradient) give the ablation without predictor and EMA, which collapses.
+
+    Args:
+        backbone: encoder mapping an image batch to (N, feature_dim) features.
+        feature_dim: the backbone's output dimension.
+        projector: projection MLP (:data:`mvssl_core.heads.BYOL_PROJECTOR`).
+        predictor: prediction MLP (:data:`mvssl_core.heads.BYOL_PREDICTOR`) or None (identity).
+        base_momentum: EMA momentum at the start (0.996 at batch 4096; 0.99 suits small batches).
+        final_momentum: EMA momentum at the end (1).
+        er: use the ER bound as the loss.
+        kappa: vMF concentration of the ER loss (10, the official code's default).
+        entropy_branch: "online" or "target", see above.
+        monitor_kappa: vMF concentration of the reported "entropy" / "reconstruction".
+        distributed: losses and metrics over the global batch.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_dim: int,
+        *,
+        projector: MLPSpec = BYOL_PROJECTOR,
+        predictor: MLPSpec | None = BYOL_PREDICTOR,
+        base_momentum: float = 0.996,
+        final_momentum: float = 1.0,
+        er: bool = False,
+        kappa: float = 10.0,
+        entropy_branch: str = "online",
+        monitor_kappa: float = 10.0,
+        distributed: bool = False,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        projector = as_spec(projector, MLPSpec, "projector")
+        self.projector = build_mlp(feature_dim, projector)
+        self.predictor = nn.Identity() if predictor is None else build_mlp(projector.out, predictor)
+        self.teacher = nn.ModuleDict({"backbone": frozen_copy(backbone), "projector": frozen_copy(self.projector)})
+        cosine_momentum(0.0, base_momentum, final_momentum)  # validates both
+        self.base_momentum, self.final_momentum = float(base_momentum), float(final_momentum)
+        self.er = bool(er)
+        self.kappa = checks.positive(kappa, "kappa")
+        self.entropy_branch = checks.choice(entropy_branch, "entropy_branch", ("online", "target"))
+        self.monitor_kappa = checks.positive(monitor_kappa, "monitor_kappa")
+        self.distributed = bool(distributed)
+
+    def forward(
+        self, views: list[torch.Tensor], progress: float = 0.0, indices: torch.Tensor | None = None
+    ) -> StepOutput:
+        views = check_views(views, 2)
+        z = self.projector(forward_crops(self.backbone, views[:2]))
+        p1, p2 = self.predictor(z).chunk(2)
+        z1, z2 = z.chunk(2)
+        with torch.no_grad():
+            t1, t2 = self.teacher["projector"](forward_crops(self.teacher["backbone"], views[:2])).chunk(2)
+        extra = {}
+        if self.er:
+            terms = []
+            for p, t, online in ((p1, t2, z2), (p2, t1, z1)):
+                er = bounds.er_bound(p, t, kappa=self.kappa, distributed=self.distributed)  # H(t), log q(t | p)
+                h = er.entropy
+                if self.entropy_branch == "online":
+                    h = entropy.kde_entropy(online, kappa=self.kappa, distributed=self.distributed)
+                terms.append((h, er.reconstruction))
+            h = (terms[0][0] + terms[1][0]) / 2
+            rec = (terms[0][1] + terms[1][1]) / 2
+            loss = -(h + rec)
+            extra = {"loss_entropy": h, "loss_reconstruction": rec}
+        else:
+            loss = byol_loss(p1, t2, self.distributed) + byol_loss(p2, t1, self.distributed)
+        return report(loss, projection_metrics(z1, z2, self.monitor_kappa, self.distributed), extra)
+
+    def training_step(
+        self, views: list[torch.Tensor], progress: float, indices: torch.Tensor | None = None
+    ) -> StepOutput:
+        """The step's loss and metrics (calls :meth:`forward`, so a DDP wrapper sees it)."""
+        return self(views, progress, indices)
+
+    def momentum(self, progress: float) -> float:
+        """The EMA momentum at ``progress`` (cosine from base to final)."""
+        return cosine_momentum(progress, self.base_momentum, self.final_momentum)
+
+    @torch.no_grad()
+    def after_optimizer_step(self, progress: float) -> None:
+        """Move the target network towards the online network (after a real optimizer step)."""
+        m = self.momentum(progress)
+        ema_update_(self.teacher["backbone"], self.backbone, m)
+        ema_update_(self.teacher["projector"], self.projector, m)
+
+    def start_epoch(self, epoch: int) -> None:
+        """Nothing to do: BYOL keeps no per-epoch state."""

@@ -1,0 +1,206 @@
+"""DeepCluster-v2 [0] and its ER variant: projector + prototypes set to k-means centroids of a memory
+bank each epoch, cross-entropy to the k-means assignments (or minus the discrete ER bound [1]).
+
+[0] Caron et al., "Unsupervised Learning of Visual Features by Contrasting Cluster Assignments",
+    NeurIPS 2020, Appendix (DeepCluster-v2).
+[1] Rodriguez-Galvez et al., "The Role of Entropy and Reconstruction in Multi-View Self-Supervised
+    Learning", ICML 2023, arXiv 2307.10907.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mvssl_core import _checks as checks
+from mvssl_core import dist
+from mvssl_core.heads import (
+    DEEPCLUSTER_PROJECTOR,
+    DEEPCLUSTER_PROTOTYPES,
+    MLPSpec,
+    Prototypes,
+    PrototypeSpec,
+    as_spec,
+    build_mlp,
+)
+from mvssl_core.losses import deepcluster_loss, spherical_kmeans
+from mvssl_core.methods.step import (
+    StepOutput,
+    assignment_metrics,
+    check_views,
+    forward_crops,
+    projection_metrics,
+    report,
+)
+from mvssl_core.methods.swav import discrete_er_over_crops
+
+__all__ = ["DeepCluster"]
+
+
+class DeepCluster(nn.Module):
+    """DeepCluster-v2: each sample's target is its cluster in last epoch's k-means of the memory bank [0].
+
+    State: a memory bank of the normalised projections of the ``n_global`` global crops of every
+    training sample (index ``indices`` in the data set), written at each step; at the start of
+    each epoch (:meth:`start_epoch`) each prototype set h runs spherical k-means (10 iterations) on
+    the bank of crop ``h % n_global``, its prototypes are set to the centroids and every sample's
+    assignment is stored. The loss (:func:`mvssl_core.losses.deepcluster_loss`) is the
+    cross-entropy of every crop's scores / tau against the sample's assignment, averaged over the
+    prototype sets. Before the first clustering (the first epoch, while the bank fills: the
+    counterpart of DeepCluster-v2's initial pass over the data) there is no target and the loss is
+    0 (zero gradient).
+
+    The bank is replicated on every process (each step all-gathers the projections and indices),
+    so k-means and assignments are the same as in one process: memory ``n_global * dataset_size *
+    dim`` floats per process (1.3 GB for ImageNet at dim 128).
+
+    ER variant (``er=True``, [1]): the loss is minus the discrete ER bound on the soft assignments
+    ``softmax(scores / tau)`` over the crop pairs (global target crop, other crop), for each
+    prototype set (:func:`mvssl_core.methods.swav.discrete_er_over_crops`); the memory bank and the
+    k-means re-initialisation of the prototypes each epoch stay as they are, the hard k-means
+    targets are not used. It trains from the first step.
+
+    Args:
+        backbone: encoder mapping an image batch (any crop size) to (N, feature_dim) features.
+        feature_dim: the backbone's output dimension.
+        dataset_size: number of training samples (the bank's rows); ``indices`` lie in [0, dataset_size).
+        projector: projection MLP (:data:`mvssl_core.heads.DEEPCLUSTER_PROJECTOR`).
+        prototypes: prototype sets (:data:`mvssl_core.heads.DEEPCLUSTER_PROTOTYPES`, 3 x 3000).
+        n_global: number of global crops kept in the bank (2).
+        temperature: tau (0.1).
+        kmeans_iters: k-means iterations (10).
+        seed: seed of the k-means initialisation (with the epoch).
+        er: use the discrete ER bound as the loss.
+        target_temperature: tau of the ER targets (None: ``temperature``).
+        monitor_kappa: vMF concentration of the reported continuous "entropy".
+        distributed: bank, losses and metrics over the global batch.
+    """
+
+    memory: torch.Tensor
+    seen: torch.Tensor
+    assignments: torch.Tensor
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_dim: int,
+        *,
+        dataset_size: int,
+        projector: MLPSpec = DEEPCLUSTER_PROJECTOR,
+        prototypes: PrototypeSpec = DEEPCLUSTER_PROTOTYPES,
+        n_global: int = 2,
+        temperature: float = 0.1,
+        kmeans_iters: int = 10,
+        seed: int = 0,
+        er: bool = False,
+        target_temperature: float | None = None,
+        monitor_kappa: float = 10.0,
+        distributed: bool = False,
+    ) -> None:
+        super().__init__()
+        projector = as_spec(projector, MLPSpec, "projector")
+        self.backbone = backbone
+        self.projector = build_mlp(feature_dim, projector)
+        self.prototypes = Prototypes(projector.out, prototypes)
+        checks.positive_int(dataset_size, "dataset_size")
+        if dataset_size < self.prototypes.spec.n_prototypes:
+            raise ValueError(
+                f"dataset_size ({dataset_size}) must be at least n_prototypes ({self.prototypes.spec.n_prototypes})"
+            )
+        self.n_global = checks.positive_int(n_global, "n_global", minimum=1)
+        self.temperature = checks.positive(temperature, "temperature")
+        self.kmeans_iters = checks.positive_int(kmeans_iters, "kmeans_iters", minimum=0)
+        self.seed = int(seed)
+        self.er = bool(er)
+        self.target_temperature = (
+            None if target_temperature is None else checks.positive(target_temperature, "target_temperature")
+        )
+        self.monitor_kappa = checks.positive(monitor_kappa, "monitor_kappa")
+        self.distributed = bool(distributed)
+        self.register_buffer("memory", torch.zeros(self.n_global, dataset_size, projector.out))
+        self.register_buffer("seen", torch.zeros(dataset_size, dtype=torch.bool))
+        self.register_buffer(
+            "assignments", torch.full((self.prototypes.spec.heads, dataset_size), -1, dtype=torch.long)
+        )
+
+    @property
+    def clustered(self) -> bool:
+        """True once k-means has assigned every sample."""
+        return bool((self.assignments[0] >= 0).all())
+
+    @torch.no_grad()
+    def recluster_(self, epoch: int) -> None:
+        """k-means on the memory bank: prototypes <- centroids, assignments <- clusters."""
+        for h, head in enumerate(self.prototypes.heads):
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * len(self.prototypes.heads) + h)
+            centroids, assignment = spherical_kmeans(
+                self.memory[h % self.n_global], head.weight.shape[0], self.kmeans_iters, generator=generator
+            )
+            head.weight.copy_(centroids.to(head.weight.dtype))
+            self.assignments[h] = assignment
+
+    def start_epoch(self, epoch: int) -> None:
+        """Re-cluster the memory bank (DeepCluster-v2 does it at the start of every epoch), once it is full."""
+        if bool(self.seen.all()):
+            self.recluster_(epoch)
+
+    def forward(
+        self, views: list[torch.Tensor], progress: float = 0.0, indices: torch.Tensor | None = None
+    ) -> StepOutput:
+        views = check_views(views, max(2, self.n_global))
+        if indices is None:
+            raise ValueError("DeepCluster needs the samples' data-set indices: pass indices=(N,) long tensor")
+        if (
+            not isinstance(indices, torch.Tensor)
+            or indices.dtype != torch.long
+            or indices.shape != (views[0].shape[0],)
+        ):
+            raise ValueError(f"indices must be a long tensor of shape ({views[0].shape[0]},)")
+        n_crops, g = len(views), self.n_global
+        self.prototypes.normalize_()
+        z = F.normalize(self.projector(forward_crops(self.backbone, views)), dim=1)
+        scores = self.prototypes(z)
+        extra = {}
+        if self.er:
+            terms = [
+                discrete_er_over_crops(
+                    list(s.chunk(n_crops)), g, self.temperature, self.target_temperature, self.distributed
+                )
+                for s in scores
+            ]
+            h = torch.stack([t[0] for t in terms]).mean()
+            rec = torch.stack([t[1] for t in terms]).mean()
+            loss = -(h + rec)
+            extra = {"loss_entropy": h, "loss_reconstruction": rec}
+        elif self.clustered:
+            idx = indices.to(self.assignments.device)
+            targets = [a[idx].repeat(n_crops) for a in self.assignments]
+            loss = deepcluster_loss(scores, targets, self.temperature, self.distributed)
+        else:  # the bank is still filling: no targets yet
+            loss = 0.0 * sum(s.float().sum() for s in scores)
+        zs = z.chunk(n_crops)
+        self._remember_(zs[:g], indices)
+        first = scores[0].chunk(n_crops)
+        discrete = assignment_metrics(first[1], first[0], self.temperature, self.target_temperature, self.distributed)
+        return report(loss, projection_metrics(zs[0], zs[1], self.monitor_kappa, self.distributed), discrete, extra)
+
+    @torch.no_grad()
+    def _remember_(self, projections: tuple[torch.Tensor, ...], indices: torch.Tensor) -> None:
+        """Write this step's global-crop projections into the bank rows of their samples."""
+        idx = indices.to(self.memory.device)
+        if self.distributed:
+            idx = dist.gather(idx)
+        for j, zj in enumerate(projections):
+            rows = dist.gather(zj.detach()) if self.distributed else zj.detach()
+            self.memory[j, idx] = rows.to(self.memory.dtype)
+        self.seen[idx] = True
+
+    def training_step(
+        self, views: list[torch.Tensor], progress: float, indices: torch.Tensor | None = None
+    ) -> StepOutput:
+        """The step's loss and metrics (calls :meth:`forward`, so a DDP wrapper sees it)."""
+        return self(views, progress, indices)
+
+    def after_optimizer_step(self, progress: float) -> None:
+        """Nothing to do: the bank is written during the step, the clustering at :meth:`start_epoch`."""

@@ -1,0 +1,173 @@
+"""DINO [0] and its ER variant: student and EMA teacher with a DINO head, multi-crop, centring and
+sharpening (or minus the discrete ER bound [1]).
+
+[0] Caron et al., "Emerging Properties in Self-Supervised Vision Transformers", ICCV 2021.
+[1] Rodriguez-Galvez et al., "The Role of Entropy and Reconstruction in Multi-View Self-Supervised
+    Learning", ICML 2023, arXiv 2307.10907.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mvssl_core import _checks as checks
+from mvssl_core import bounds, entropy
+from mvssl_core.ema import cosine_momentum, ema_update_, frozen_copy
+from mvssl_core.heads import DINO_HEAD, DINOHead, DINOHeadSpec
+from mvssl_core.losses import DINOCenter, dino_loss, teacher_temperature
+from mvssl_core.methods.step import (
+    StepOutput,
+    assignment_metrics,
+    check_views,
+    forward_crops,
+    projection_metrics,
+    report,
+)
+
+__all__ = ["DINO"]
+
+
+class DINO(nn.Module):
+    """DINO: the student matches the teacher's centred, sharpened output on every other crop [0].
+
+    ``views``: the ``n_global`` global crops first, then any local crops. The teacher (EMA of the
+    student, momentum 0.996 -> 1 on a cosine) sees only the global crops; the loss is
+    :func:`mvssl_core.losses.dino_loss` over all (teacher crop, other student crop) pairs, with
+    teacher temperature warmed up linearly from 0.04 to 0.07 over the first 10% of training
+    (30 of 300 epochs) and the centre updated from the teacher outputs of every step (momentum 0.9).
+
+    ER variant (``er=True``, [1]): the loss is minus the discrete ER bound over the same crop
+    pairs, ``-(H + mean_{pairs} sum_k w_t log w_s)`` with ``w_t = softmax(t / tau_t)`` (teacher,
+    stop-gradient) and ``log w_s = log_softmax(s / tau_s)``. Open choices, as parameters: the
+    entropy is that of the batch-mean *student* assignments ``softmax(s / tau_s)`` of the global
+    crops (``entropy_branch="student"``; the teacher's gets no gradient, ``"teacher"`` keeps it
+    for the record only), and the ER variant drops the centring (``centering=None`` means
+    ``not er``): the entropy term takes over its job of preventing collapse.
+
+    Args:
+        backbone: encoder mapping an image batch (any crop size) to (N, feature_dim) features.
+        feature_dim: the backbone's output dimension.
+        head: the DINO head (:data:`mvssl_core.heads.DINO_HEAD`; K = 65536).
+        n_global: number of global crops (2).
+        student_temperature: tau_s (0.1).
+        teacher_temperature_start, teacher_temperature_end, teacher_temperature_warmup: the warm-up
+            of tau_t (0.04 -> 0.07 over the first 0.1 of training).
+        center_momentum: m of the centre (0.9).
+        centering: subtract the centre from the teacher logits (None: ``not er``).
+        base_momentum, final_momentum: teacher EMA momentum schedule (0.996 -> 1).
+        freeze_last_layer: fraction of training during which the head's last layer gets no
+            gradient (DINO freezes it during the first epoch: 1 / epochs).
+        er: use the discrete ER bound as the loss.
+        entropy_branch: "student" or "teacher", see above.
+        monitor_kappa: vMF concentration of the reported continuous "entropy" (on the head's
+            normalised bottleneck of the student's first two global crops).
+        distributed: losses, centre and metrics over the global batch.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_dim: int,
+        *,
+        head: DINOHeadSpec = DINO_HEAD,
+        n_global: int = 2,
+        student_temperature: float = 0.1,
+        teacher_temperature_start: float = 0.04,
+        teacher_temperature_end: float = 0.07,
+        teacher_temperature_warmup: float = 0.1,
+        center_momentum: float = 0.9,
+        centering: bool | None = None,
+        base_momentum: float = 0.996,
+        final_momentum: float = 1.0,
+        freeze_last_layer: float = 0.0,
+        er: bool = False,
+        entropy_branch: str = "student",
+        monitor_kappa: float = 10.0,
+        distributed: bool = False,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = DINOHead(feature_dim, head)
+        self.teacher = nn.ModuleDict({"backbone": frozen_copy(backbone), "head": frozen_copy(self.head)})
+        self.center = DINOCenter(self.head.spec.out, center_momentum)
+        self.n_global = checks.positive_int(n_global, "n_global", minimum=1)
+        self.student_temperature = checks.positive(student_temperature, "student_temperature")
+        self.teacher_schedule = (teacher_temperature_start, teacher_temperature_end, teacher_temperature_warmup)
+        teacher_temperature(0.0, *self.teacher_schedule)  # validates
+        self.er = bool(er)
+        self.centering = (not self.er) if centering is None else bool(centering)
+        cosine_momentum(0.0, base_momentum, final_momentum)  # validates
+        self.base_momentum, self.final_momentum = float(base_momentum), float(final_momentum)
+        self.freeze_last_layer = float(freeze_last_layer)
+        self.entropy_branch = checks.choice(entropy_branch, "entropy_branch", ("student", "teacher"))
+        self.monitor_kappa = checks.positive(monitor_kappa, "monitor_kappa")
+        self.distributed = bool(distributed)
+
+    def forward(
+        self, views: list[torch.Tensor], progress: float = 0.0, indices: torch.Tensor | None = None
+    ) -> StepOutput:
+        views = check_views(views, max(2, self.n_global))
+        n_crops, g = len(views), self.n_global
+        z, logits = self.head(forward_crops(self.backbone, views), freeze_last_layer=progress < self.freeze_last_layer)
+        student = list(logits.chunk(n_crops))
+        with torch.no_grad():
+            _, t_logits = self.teacher["head"](forward_crops(self.teacher["backbone"], views[:g]))
+            teacher = list(t_logits.chunk(g))
+        tau_s, tau_t = self.student_temperature, teacher_temperature(progress, *self.teacher_schedule)
+        center = self.center.center.clone() if self.centering else torch.zeros_like(self.center.center)
+        extra = {}
+        if self.er:
+            recs, target_h = [], []
+            for a, t in enumerate(teacher):
+                for v, s in enumerate(student):
+                    if v != a:
+                        er = bounds.er_bound_discrete(
+                            s,
+                            t - center,
+                            temperature=tau_s,
+                            target_temperature=tau_t,
+                            symmetric=False,
+                            distributed=self.distributed,
+                        )
+                        recs.append(er.reconstruction)
+                        target_h.append(er.entropy)
+            rec = torch.stack(recs).mean()
+            if self.entropy_branch == "student":
+                h = torch.stack(
+                    [
+                        entropy.discrete_entropy(torch.softmax(s.float() / tau_s, dim=1), self.distributed)
+                        for s in student[:g]
+                    ]
+                ).mean()
+            else:
+                h = torch.stack(target_h).mean()
+            loss = -(h + rec)
+            extra = {"loss_entropy": h, "loss_reconstruction": rec}
+        else:
+            loss = dino_loss(student, teacher, center, tau_s, tau_t, self.distributed)
+        if self.centering and torch.is_grad_enabled():
+            self.center.update_(teacher, self.distributed)
+        z1, z2 = z.chunk(n_crops)[:2]
+        discrete = assignment_metrics(student[1], teacher[0] - center, tau_s, tau_t, self.distributed)
+        return report(loss, projection_metrics(z1, z2, self.monitor_kappa, self.distributed), discrete, extra)
+
+    def training_step(
+        self, views: list[torch.Tensor], progress: float, indices: torch.Tensor | None = None
+    ) -> StepOutput:
+        """The step's loss and metrics (calls :meth:`forward`, so a DDP wrapper sees it)."""
+        return self(views, progress, indices)
+
+    def momentum(self, progress: float) -> float:
+        """The teacher's EMA momentum at ``progress`` (cosine from base to final)."""
+        return cosine_momentum(progress, self.base_momentum, self.final_momentum)
+
+    @torch.no_grad()
+    def after_optimizer_step(self, progress: float) -> None:
+        """Move the teacher towards the student (after a real optimizer step)."""
+        m = self.momentum(progress)
+        ema_update_(self.teacher["backbone"], self.backbone, m)
+        ema_update_(self.teacher["head"], self.head, m)
+
+    def start_epoch(self, epoch: int) -> None:
+        """Nothing to do: DINO's schedules follow ``progress``."""

@@ -1,0 +1,129 @@
+"""What a training step is made of: its output, the multi-crop forward, and the ER report.
+
+Every method returns a :class:`StepOutput`: the loss to back-propagate and, detached, the ER
+terms of its projections, so the entropy dynamics of any method can be plotted
+(:func:`projection_metrics`, :func:`assignment_metrics`).
+
+[0] Rodriguez-Galvez et al., "The Role of Entropy and Reconstruction in Multi-View Self-Supervised
+    Learning", ICML 2023, arXiv 2307.10907.
+[1] Garrido, Balestriero, Najman, LeCun, "RankMe: Assessing the Downstream Performance of
+    Pretrained Self-Supervised Representations by Their Rank", ICML 2023.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mvssl_core import bounds, dist
+
+__all__ = ["StepOutput", "forward_crops", "check_views", "projection_metrics", "assignment_metrics", "report"]
+
+
+class StepOutput(NamedTuple):
+    """A training step's result: ``loss`` (0-dim, with gradient) and detached ``metrics`` (floats, nats).
+
+    Metrics of every method: "loss", "entropy" (vMF KDE entropy of the normalised projections),
+    "reconstruction" (vMF log q(z2 | z1) between the projections of two views), "collapse_std"
+    (std of the normalised projections over the batch, averaged over dimensions; about 1/sqrt(d)
+    when spread uniformly, 0 when collapsed), "effective_rank" (exp of the entropy of the
+    normalised singular values [1]). Methods with assignments add "discrete_entropy" and
+    "discrete_reconstruction"; ER variants add "loss_entropy" and "loss_reconstruction", the two
+    terms of the bound they maximise.
+    """
+
+    loss: torch.Tensor
+    metrics: dict[str, float]
+
+
+def check_views(views: object, minimum: int) -> list[torch.Tensor]:
+    """A list of at least ``minimum`` image batches (tensors with the same number of rows)."""
+    if isinstance(views, torch.Tensor) or not isinstance(views, (list, tuple)):
+        raise TypeError(f"views must be a list of image batches, got {type(views).__name__}")
+    if len(views) < minimum:
+        raise ValueError(f"views must hold at least {minimum} views, got {len(views)}")
+    n = views[0].shape[0]
+    for i, v in enumerate(views):
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"views[{i}] must be a tensor, got {type(v).__name__}")
+        if v.shape[0] != n:
+            raise ValueError(f"every view must have the same batch size, views[0] has {n} and views[{i}] {v.shape[0]}")
+    return list(views)
+
+
+def forward_crops(network: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
+    """Run ``network`` on every view; consecutive views of one shape go through in one batch.
+
+    Multi-crop (SwAV, DINO) mixes resolutions; as in their official code, each run of equal-size
+    crops is concatenated into one forward pass (so BatchNorm sees them together).
+
+    Returns:
+        (V * N, ...) the outputs of all views, concatenated in the order of ``views``.
+    """
+    outputs, start = [], 0
+    while start < len(views):
+        stop = start + 1
+        while stop < len(views) and views[stop].shape == views[start].shape:
+            stop += 1
+        outputs.append(network(torch.cat(views[start:stop])))
+        start = stop
+    return torch.cat(outputs)
+
+
+@torch.no_grad()
+def projection_metrics(
+    z1: torch.Tensor, z2: torch.Tensor, kappa: float = 10.0, distributed: bool = False
+) -> dict[str, torch.Tensor]:
+    """ER terms and collapse signals of two views' projections (detached, global batch).
+
+    "entropy" is the vMF KDE (Joe's estimator, self term included, ``kappa``) of the normalised
+    ``z2``; "reconstruction" the mean vMF log-likelihood log q(z2 | z1) with the same kappa
+    (:func:`mvssl_core.bounds.er_bound`). "collapse_std" and "effective_rank" are of ``z1``.
+    """
+    with torch.autocast(z1.device.type, enabled=False):
+        a, b = z1.detach().float(), z2.detach().float()
+        er = bounds.er_bound(a, b, kappa=kappa, distributed=distributed)
+        z = F.normalize(dist.gather(a) if distributed else a, dim=1)
+        singular = torch.linalg.svdvals(z)
+        p = singular / singular.sum()
+        p = p[p > 0]
+        return {
+            "entropy": er.entropy,
+            "reconstruction": er.reconstruction,
+            "collapse_std": z.std(dim=0).mean(),
+            "effective_rank": torch.exp(-(p * p.log()).sum()),
+        }
+
+
+@torch.no_grad()
+def assignment_metrics(
+    prediction_logits: torch.Tensor,
+    target_logits: torch.Tensor,
+    temperature: float,
+    target_temperature: float | None = None,
+    distributed: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Discrete ER terms of soft assignments (detached): entropy of the batch-mean target assignment
+    ``softmax(target_logits / target_temperature)`` and the mean ``sum_c w_target log w_pred``
+    (:func:`mvssl_core.bounds.er_bound_discrete`, one direction)."""
+    er = bounds.er_bound_discrete(
+        prediction_logits.detach(),
+        target_logits.detach(),
+        temperature=temperature,
+        target_temperature=target_temperature,
+        symmetric=False,
+        distributed=distributed,
+    )
+    return {"discrete_entropy": er.entropy, "discrete_reconstruction": er.reconstruction}
+
+
+def report(loss: torch.Tensor, *metric_dicts: dict[str, torch.Tensor]) -> StepOutput:
+    """Bundle the loss and the metric tensors; the metrics become floats with one device sync."""
+    metrics = {"loss": loss.detach()}
+    for d in metric_dicts:
+        metrics.update({k: v.detach() for k, v in d.items()})
+    values = torch.stack([v.to(torch.float64).reshape(()) for v in metrics.values()]).tolist()
+    return StepOutput(loss, dict(zip(metrics, values)))

@@ -1,0 +1,415 @@
+"""Methods, heads and the EMA teacher: every method trains on CPU and reports its ER terms.
+
+Each of the 10 registered methods runs a few SGD steps with a tiny ConvNet on small structured
+images (two augmented views of random low-frequency patterns, plus local crops where the method
+uses multi-crop): the loss is finite, every ER metric is reported and finite, the trained
+parameters change, and the EMA teachers move exactly as ``xi <- m xi + (1 - m) theta`` with m
+from the cosine schedule. Heads are checked against the papers' sizes, the EMA against a hand
+computation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mvssl_core import ema, heads
+from mvssl_core.backbones import ConvNet
+from mvssl_core.methods import METHODS, StepOutput, build_method
+
+N = 16  # batch
+SMALL = {
+    "simclr": dict(projector=heads.MLPSpec(32, 16)),
+    "byol": dict(projector=heads.MLPSpec(32, 16), predictor=heads.MLPSpec(32, 16)),
+    "dino": dict(head=heads.DINOHeadSpec(hidden=32, bottleneck=16, out=64)),
+    "swav": dict(projector=heads.MLPSpec(32, 16), prototypes=heads.PrototypeSpec(10), queue_length=32),
+    "deepcluster": dict(
+        projector=heads.MLPSpec(32, 16), prototypes=heads.PrototypeSpec(8, heads=2), dataset_size=2 * N
+    ),
+}
+MULTICROP = {"dino", "swav", "deepcluster"}
+ALWAYS = {"loss", "entropy", "reconstruction", "collapse_std", "effective_rank"}
+DISCRETE = {"discrete_entropy", "discrete_reconstruction"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny networks: one intra-op thread is several times faster than two on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _base(family: str) -> str:
+    return family.removesuffix("_er")
+
+
+def _images(n: int, seed: int) -> torch.Tensor:
+    """Random low-frequency colour patterns, 16 x 16."""
+    g = torch.Generator().manual_seed(seed)
+    return F.interpolate(torch.randn(n, 3, 4, 4, generator=g), size=16, mode="bilinear", align_corners=False)
+
+
+def _views(images: torch.Tensor, seed: int, n_local: int = 0) -> list[torch.Tensor]:
+    """Two global views (flip, brightness, noise) and ``n_local`` 8 x 8 crops."""
+    g = torch.Generator().manual_seed(seed)
+
+    def augment(x):
+        flip = torch.rand(x.shape[0], 1, 1, 1, generator=g) < 0.5
+        x = torch.where(flip, x.flip(-1), x)
+        return x * (0.8 + 0.4 * torch.rand(x.shape[0], 1, 1, 1, generator=g)) + 0.1 * torch.randn(x.shape, generator=g)
+
+    views = [augment(images), augment(images)]
+    for _ in range(n_local):
+        i, j = torch.randint(0, 9, (2,), generator=g).tolist()
+        views.append(augment(images[:, :, i : i + 8, j : j + 8]))
+    return views
+
+
+def _build(name: str, seed: int = 0, **extra):
+    torch.manual_seed(seed)
+    backbone = ConvNet(widths=(8, 16))
+    return build_method(name, backbone, backbone.feature_dim, **{**SMALL[_base(name)], **extra})
+
+
+def _trainable(method: nn.Module) -> list[nn.Parameter]:
+    return [p for p in method.parameters() if p.requires_grad]
+
+
+def _teacher_pairs(method: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
+    if isinstance(method, METHODS["byol"]):
+        return [(method.teacher["backbone"], method.backbone), (method.teacher["projector"], method.projector)]
+    return [(method.teacher["backbone"], method.backbone), (method.teacher["head"], method.head)]
+
+
+def _train(method: nn.Module, steps: int, lr: float = 0.05, check_ema: bool = False, total: int | None = None):
+    """SGD steps; returns the StepOutputs. With ``check_ema``, verifies every EMA update by hand."""
+    opt = torch.optim.SGD(_trainable(method), lr=lr, momentum=0.9)
+    total = total or steps
+    outs = []
+    images = _images(N, seed=123)
+    for step in range(steps):
+        method.start_epoch(step * N // (2 * N))  # the bank of 2N samples is one "epoch" of 2 steps
+        idx = (torch.arange(N) + N * step) % (2 * N)
+        n_local = 2 if _base(type(method).__name__.lower()) in MULTICROP else 0
+        out = method.training_step(_views(images, seed=step, n_local=n_local), step / total, indices=idx)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        progress = (step + 1) / total
+        if check_ema:
+            before = [[t.detach().clone() for t in teacher.parameters()] for teacher, _ in _teacher_pairs(method)]
+        method.after_optimizer_step(progress)
+        if check_ema:
+            m = method.momentum(progress)
+            assert m == pytest.approx(ema.cosine_momentum(progress, method.base_momentum, method.final_momentum))
+            for (teacher, student), old in zip(_teacher_pairs(method), before):
+                for t, s, o in zip(teacher.parameters(), student.parameters(), old):
+                    torch.testing.assert_close(t, m * o + (1 - m) * s.detach(), rtol=1e-6, atol=1e-7)
+                for tb, sb in zip(teacher.buffers(), student.buffers()):
+                    torch.testing.assert_close(tb, sb)
+        outs.append(out)
+    return outs
+
+
+# ----------------------------------------------------------------------------- registry and training
+
+
+def test_registry_holds_the_ten_methods():
+    assert sorted(METHODS) == sorted(
+        f"{m}{s}" for m in ("simclr", "byol", "dino", "swav", "deepcluster") for s in ("", "_er")
+    )
+    with pytest.raises(ValueError, match="name"):
+        build_method("mocov3", nn.Identity(), 4)
+    with pytest.raises(ValueError, match="by name"):
+        build_method("simclr", nn.Identity(), 4, er=True)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_each_method_trains_and_reports_er_terms(name):
+    method = _build(name)
+    assert method.er == name.endswith("_er")
+    start = {k: v.detach().clone() for k, v in method.backbone.state_dict().items() if v.is_floating_point()}
+    has_teacher = _base(name) in ("byol", "dino")
+    teacher_start = [p.clone() for p in method.teacher.parameters()] if has_teacher else []
+    steps = 4
+    outs = _train(method, steps, check_ema=has_teacher, total=10)
+    for out in outs:
+        assert isinstance(out, StepOutput)
+        assert torch.isfinite(out.loss) and out.loss.requires_grad
+        expected = set(ALWAYS)
+        if _base(name) in MULTICROP:
+            expected |= DISCRETE
+        if name.endswith("_er"):
+            expected |= {"loss_entropy", "loss_reconstruction"}
+        assert expected <= set(out.metrics), f"missing {expected - set(out.metrics)}"
+        assert all(isinstance(v, float) and math.isfinite(v) for v in out.metrics.values())
+        assert out.metrics["loss"] == pytest.approx(out.loss.item())
+        if name.endswith("_er"):  # the loss is minus the bound it reports
+            assert out.loss.item() == pytest.approx(
+                -(out.metrics["loss_entropy"] + out.metrics["loss_reconstruction"]), rel=1e-5, abs=1e-5
+            )
+    changed = [k for k, v in method.backbone.state_dict().items() if k in start and not torch.equal(v, start[k])]
+    assert any("weight" in k for k in changed), "the backbone's weights did not change"
+    if has_teacher:  # the teacher moved, and stays a frozen copy
+        assert any(not torch.equal(a, b) for a, b in zip(teacher_start, method.teacher.parameters()))
+        assert not any(p.requires_grad for p in method.teacher.parameters())
+    # metrics are bounded as the estimators say
+    d = 16
+    last = outs[-1].metrics
+    assert 0.0 <= last["collapse_std"] <= 1.0
+    assert 1.0 <= last["effective_rank"] <= d + 1e-6
+    if "discrete_entropy" in last:
+        assert 0.0 <= last["discrete_entropy"] <= math.log(64) + 1e-6
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_each_method_runs_under_bfloat16_autocast(name):
+    method = _build(name)
+    method.start_epoch(0)
+    n_local = 2 if _base(name) in MULTICROP else 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = method.training_step(_views(_images(N, 5), seed=0, n_local=n_local), 0.3, indices=torch.arange(N))
+    out.loss.backward()
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    assert all(math.isfinite(v) for v in out.metrics.values())
+
+
+def test_methods_reject_bad_views():
+    method = _build("simclr")
+    with pytest.raises(TypeError, match="views"):
+        method.training_step(torch.randn(2, N, 3, 16, 16), 0.0)
+    with pytest.raises(ValueError, match="at least 2 views"):
+        method.training_step([torch.randn(N, 3, 16, 16)], 0.0)
+    with pytest.raises(ValueError, match="same batch size"):
+        method.training_step([torch.randn(N, 3, 16, 16), torch.randn(N - 1, 3, 16, 16)], 0.0)
+    with pytest.raises(ValueError, match="dataset_size"):
+        _build("deepcluster", dataset_size=4)
+
+
+def test_deepcluster_clusters_each_epoch_and_targets_its_assignments():
+    method = _build("deepcluster")
+    assert not method.clustered
+    outs = _train(method, 2)  # epoch 0 fills the bank of 2N samples: no targets, loss 0
+    assert all(o.loss.item() == 0.0 for o in outs)
+    assert bool(method.seen.all()) and not method.clustered
+    method.start_epoch(1)
+    assert method.clustered
+    for h, head in enumerate(method.prototypes.heads):  # prototypes = centroids of head h's crop bank
+        bank = F.normalize(method.memory[h % 2], dim=1)
+        torch.testing.assert_close(method.assignments[h], (bank @ head.weight.T).argmax(dim=1))
+    before = method.assignments.clone()
+    outs = _train(method, 2)
+    assert all(o.loss.item() > 0 for o in outs)
+    method.start_epoch(2)
+    assert method.assignments.shape == before.shape
+    with pytest.raises(ValueError, match="indices"):
+        method.training_step(_views(_images(N, 0), 0), 0.5)
+
+
+def test_swav_queue_fills_then_joins_the_codes():
+    method = _build("swav", queue_length=2 * N)
+    assert method.queue is not None and not method.queue.full
+    _train(method, 2)
+    assert method.queue.full
+    out = _train(method, 1)[0]  # a step with the queue in the Sinkhorn problem
+    assert math.isfinite(out.loss.item())
+
+
+def test_dino_teacher_temperature_and_centre_follow_their_schedules():
+    method = _build("dino")
+    assert method.centering and not _build("dino_er").centering
+    c0 = method.center.center.clone()
+    _train(method, 1)
+    assert not torch.equal(c0, method.center.center)
+    er = _build("dino_er")
+    _train(er, 1)
+    assert torch.equal(er.center.center, torch.zeros_like(er.center.center))
+
+
+def test_byol_er_entropy_branch_is_a_parameter():
+    online = _build("byol_er")
+    target = _build("byol_er", entropy_branch="target")
+    o, t = _train(online, 1)[0], _train(target, 1)[0]
+    assert o.metrics["loss_reconstruction"] == pytest.approx(t.metrics["loss_reconstruction"], rel=1e-5)
+    with pytest.raises(ValueError, match="entropy_branch"):
+        _build("byol_er", entropy_branch="both")
+
+
+# ----------------------------------------------------------------------------- heads
+
+
+def test_paper_head_sizes():
+    assert (heads.SIMCLR_PROJECTOR.hidden, heads.SIMCLR_PROJECTOR.out, heads.SIMCLR_PROJECTOR.layers) == (2048, 128, 2)
+    assert (heads.BYOL_PROJECTOR.hidden, heads.BYOL_PROJECTOR.out) == (4096, 256)
+    assert heads.BYOL_PREDICTOR == heads.BYOL_PROJECTOR
+    d = heads.DINO_HEAD
+    assert (d.hidden, d.bottleneck, d.out, d.layers, d.norm_last_layer) == (2048, 256, 65536, 3, True)
+    assert (heads.SWAV_PROJECTOR.hidden, heads.SWAV_PROJECTOR.out, heads.SWAV_PROTOTYPES.n_prototypes) == (
+        2048,
+        128,
+        3000,
+    )
+    assert heads.DEEPCLUSTER_PROJECTOR == heads.SWAV_PROJECTOR
+    assert (heads.DEEPCLUSTER_PROTOTYPES.n_prototypes, heads.DEEPCLUSTER_PROTOTYPES.heads) == (3000, 3)
+
+
+def test_build_mlp_layers():
+    mlp = heads.build_mlp(512, heads.BYOL_PROJECTOR)
+    kinds = [type(m) for m in mlp]
+    assert kinds == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
+    assert (mlp[0].in_features, mlp[0].out_features, mlp[3].out_features) == (512, 4096, 256)
+    assert mlp(torch.randn(4, 512)).shape == (4, 256)
+    spec = heads.as_spec(
+        {"hidden": 8, "out": 3, "layers": 3, "bn": False, "last_bn": True, "activation": "gelu"}, heads.MLPSpec
+    )
+    kinds = [type(m) for m in heads.build_mlp(5, spec)]
+    assert kinds == [nn.Linear, nn.GELU, nn.Linear, nn.GELU, nn.Linear, nn.BatchNorm1d]
+    assert [type(m) for m in heads.build_mlp(5, replace(spec, layers=1, last_bn=False))] == [nn.Linear]
+    with pytest.raises(ValueError, match="unknown fields"):
+        heads.as_spec({"width": 3}, heads.MLPSpec)
+    with pytest.raises(ValueError, match="activation"):
+        heads.MLPSpec(4, 2, activation="tanh")
+
+
+def test_dino_head_is_weight_normalised():
+    head = heads.DINOHead(16, heads.DINOHeadSpec(hidden=32, bottleneck=8, out=20))
+    z, logits = head(torch.randn(5, 16))
+    assert z.shape == (5, 8) and logits.shape == (5, 20)
+    torch.testing.assert_close(z.norm(dim=1), torch.ones(5))
+    unit = F.normalize(head.last_layer.weight, dim=1)
+    torch.testing.assert_close(logits, z @ unit.T)  # gain fixed at 1: dot products with unit vectors
+    assert logits.abs().max() <= 1 + 1e-6
+    assert not head.last_layer.gain.requires_grad
+    logits.sum().backward()
+    frozen = heads.DINOHead(16, heads.DINOHeadSpec(hidden=32, bottleneck=8, out=20))
+    frozen(torch.randn(5, 16), freeze_last_layer=True)[1].sum().backward()
+    assert torch.count_nonzero(frozen.last_layer.weight.grad) == 0
+    assert torch.count_nonzero(frozen.mlp[0].weight.grad) > 0
+
+
+def test_prototypes_normalise_in_place():
+    protos = heads.Prototypes(6, heads.PrototypeSpec(n_prototypes=4, heads=2))
+    with torch.no_grad():
+        protos.heads[0].weight.mul_(3.0)
+    protos.normalize_()
+    for head in protos.heads:
+        torch.testing.assert_close(head.weight.norm(dim=1), torch.ones(4))
+    scores = protos(F.normalize(torch.randn(3, 6), dim=1))
+    assert len(scores) == 2 and scores[0].shape == (3, 4) and scores[0].abs().max() <= 1 + 1e-6
+
+
+# ----------------------------------------------------------------------------- EMA
+
+
+def test_cosine_momentum_values():
+    assert ema.cosine_momentum(0.0, 0.996) == pytest.approx(0.996)
+    assert ema.cosine_momentum(1.0, 0.996) == pytest.approx(1.0)
+    assert ema.cosine_momentum(0.5, 0.996) == pytest.approx(0.998)
+    for k, big_k in [(1, 10), (3, 7), (250, 1000)]:  # BYOL: tau = 1 - (1 - tau_base)(cos(pi k / K) + 1) / 2
+        expected = 1 - (1 - 0.99) * (math.cos(math.pi * k / big_k) + 1) / 2
+        assert ema.cosine_momentum(k / big_k, 0.99) == pytest.approx(expected, rel=1e-15)
+    assert ema.cosine_momentum(0.3, base=0.0, final=0.0) == 0.0
+    with pytest.raises(ValueError, match="progress"):
+        ema.cosine_momentum(-0.1)
+    with pytest.raises(ValueError, match="base"):
+        ema.cosine_momentum(0.1, base=1.5)
+
+
+def test_ema_update_by_hand():
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    teacher = ema.frozen_copy(student)
+    assert not any(p.requires_grad for p in teacher.parameters())
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    student(torch.randn(8, 3))  # moves the running statistics
+    old = [p.clone() for p in teacher.parameters()]
+    ema.ema_update_(teacher, student, 0.75)
+    for t, s, o in zip(teacher.parameters(), student.parameters(), old):
+        torch.testing.assert_close(t, 0.75 * o + 0.25 * s.detach())
+        torch.testing.assert_close(t, o + 0.25)  # the student moved by exactly 1
+    torch.testing.assert_close(teacher[1].running_mean, student[1].running_mean)
+    assert int(teacher[1].num_batches_tracked) == 1
+    ema.ema_update_(teacher, student, 0.0)
+    for t, s in zip(teacher.parameters(), student.parameters()):
+        torch.testing.assert_close(t, s.detach())
+    with pytest.raises(ValueError, match="momentum"):
+        ema.ema_update_(teacher, student, 1.5)
+    with pytest.raises(ValueError, match="same parameters"):
+        ema.ema_update_(teacher, nn.Linear(3, 2), 0.5)
+
+
+# ----------------------------------------------------------------------------- collapse: the paper's mechanism
+
+
+def _run_small(method: nn.Module, steps: int, n_local: int = 0, lr: float = 0.05) -> list[dict[str, float]]:
+    """SGD (momentum 0.9, weight decay 1e-4) on batches of 32 from a pool of 64 structured images."""
+    opt = torch.optim.SGD(_trainable(method), lr=lr, momentum=0.9, weight_decay=1e-4)
+    images = _images(64, seed=1)
+    history = []
+    for step in range(steps):
+        idx = torch.randperm(64, generator=torch.Generator().manual_seed(step))[:32]
+        out = method.training_step(_views(images[idx], seed=step, n_local=n_local), step / steps)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        method.after_optimizer_step((step + 1) / steps)
+        history.append(out.metrics)
+    return history
+
+
+def _tail_mean(history: list[dict[str, float]], key: str, last: int = 10) -> float:
+    return sum(h[key] for h in history[-last:]) / last
+
+
+@pytest.mark.slow
+def test_byol_without_ema_and_predictor_collapses():
+    """Stop-gradient alone (target = online network, no predictor) collapses; EMA + predictor do not.
+
+    The KDE entropy of the projections (vMF, kappa 10, d = 16, batch 32) lies between
+    H_min = -log C_d(kappa) - kappa (all projections equal) and about log 32 + H_min.
+    """
+    from mvssl_core.special import vmf_log_normalizer
+
+    d, kappa = 16, 10.0
+    h_min = float(-vmf_log_normalizer(d, torch.tensor(kappa, dtype=torch.float64)) - kappa)
+    healthy = _run_small(_build("byol", base_momentum=0.99), 150)
+    ablated = _run_small(_build("byol", predictor=None, base_momentum=0.0, final_momentum=0.0), 150)
+    h_healthy, h_ablated = _tail_mean(healthy, "entropy"), _tail_mean(ablated, "entropy")
+    assert h_ablated - h_min < 0.3, (h_ablated, h_min)  # collapsed: entropy near its minimum
+    assert _tail_mean(ablated, "collapse_std") < 0.05
+    assert h_healthy - h_min > 1.5, (h_healthy, h_min)  # far from it with EMA and predictor
+    assert _tail_mean(healthy, "collapse_std") > 0.1
+
+
+@pytest.mark.slow
+def test_dino_without_centring_collapses():
+    """Without centring, the teacher's batch-mean assignment collapses to one of K = 64 outputs
+    (discrete entropy H(W2) -> 0); with it, H(W2) stays high while each sample's assignment stays
+    sharper than uniform (no uniform collapse either). Teacher momentum 0.9 so the toy run is short."""
+    spec = heads.DINOHeadSpec(hidden=32, bottleneck=16, out=64, bn=True)
+    log_k = math.log(64)
+    runs = {}
+    for centering in (True, False):
+        method = _build("dino", head=spec, base_momentum=0.9, centering=centering)
+        history = _run_small(method, 250, n_local=2)
+        with torch.no_grad():  # the teacher's assignments of fresh views: marginal and per-sample entropy
+            _, t = method.teacher["head"](method.teacher["backbone"](_views(_images(64, seed=1), seed=999)[0]))
+            center = method.center.center if centering else 0.0
+            p = torch.softmax((t - center) / method.teacher_schedule[1], dim=1)
+            pbar = p.mean(0)
+            marginal = float(-(pbar * pbar.clamp_min(1e-30).log()).sum())
+            per_sample = float(-(p * p.clamp_min(1e-30).log()).sum(1).mean())
+        runs[centering] = (_tail_mean(history, "discrete_entropy", 20), marginal, per_sample)
+    collapsed, healthy = runs[False], runs[True]
+    assert collapsed[0] < 0.05 * log_k and collapsed[1] < 0.05 * log_k, collapsed
+    assert healthy[0] > 0.6 * log_k and healthy[1] > 0.6 * log_k, healthy
+    assert healthy[1] - healthy[2] > 0.2, healthy  # I(W2; Z2) > 0: not the uniform collapse
