@@ -119,25 +119,24 @@ class PrototypeSpec:
 
 
 # --------------------------------------------------------------------------------------------
-# The methods' heads, with the papers' sentences.
+# The methods' heads, each with the paper's description (paraphrased; sizes as in the papers).
 # --------------------------------------------------------------------------------------------
 
 SIMCLR_PROJECTOR = MLPSpec(hidden=2048, out=128, layers=2)
-"""SimCLR [0], Sec. 2.1: "We use a MLP with one hidden layer to obtain z_i = g(h_i) = W(2) σ(W(1) h_i)
-where σ is a ReLU non-linearity." Hidden width 2048 (ResNet-50's feature size), output 128, BatchNorm
+"""SimCLR [0], Sec. 2.1 (paraphrased): an MLP with one hidden layer, z = g(h) = W2 ReLU(W1 h).
+Hidden width 2048 (ResNet-50's feature size), output 128, BatchNorm
 after the hidden layer; the official TensorFlow code also batch-normalises the output (``last_bn=True``)."""
 
 BYOL_PROJECTOR = MLPSpec(hidden=4096, out=256, layers=2)
-"""BYOL [1], Sec. 3.3: "a linear layer with output size 4096 followed by batch normalization,
-rectified linear units (ReLU), and a final linear layer with output dimension 256." """
+"""BYOL [1], Sec. 3.3 (paraphrased): a linear layer to 4096 units, batch normalisation, ReLU, and a
+final linear layer to 256 dimensions."""
 
 BYOL_PREDICTOR = MLPSpec(hidden=4096, out=256, layers=2)
-"""BYOL [1], Sec. 3.3: "The predictor q_θ uses the same architecture as g_θ." """
+"""BYOL [1], Sec. 3.3 (paraphrased): the predictor q_θ has the same architecture as the projector g_θ."""
 
 DINO_HEAD = DINOHeadSpec()
-"""DINO [2], Sec. 3.1: "The projection head consists of a 3-layer multi-layer perceptron (MLP) with
-hidden dimension 2048 followed by ℓ2 normalization and a weight normalized fully connected layer
-with K dimensions"; bottleneck 256 and K = 65536 as in the official code."""
+"""DINO [2], Sec. 3.1 (paraphrased): a 3-layer MLP with hidden dimension 2048, then ℓ2 normalisation
+and a weight-normalised fully connected layer with K output dimensions; bottleneck 256 and K = 65536 as in the official code."""
 
 SWAV_PROJECTOR = MLPSpec(hidden=2048, out=128, layers=2)
 """SwAV [3], Appendix (paraphrased): a 2-layer MLP projection head, hidden 2048 with BatchNorm and
