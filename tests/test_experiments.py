@@ -1,0 +1,87 @@
+"""The experiment scripts run end to end in --smoke mode and write results the loader accepts."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mvssl_core.results import load_results
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_CRITICS = ROOT / "scripts" / "experiments" / "train_critics.py"
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    out = subprocess.run(
+        [sys.executable, str(TRAIN_CRITICS), *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, f"train_critics.py {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def smoke_paths(tmp_path_factory):
+    """The smoke configuration, run twice (the second run checks determinism)."""
+    folder = tmp_path_factory.mktemp("critics")
+    paths = folder / "a.json", folder / "b.json"
+    for path in paths:
+        _run("--smoke", "--out", str(path))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def smoke_record(smoke_paths):
+    return load_results(smoke_paths[0])
+
+
+def test_smoke_record_has_provenance(smoke_record):
+    prov = smoke_record["provenance"]
+    assert "train_critics.py --smoke" in prov["command"]
+    assert prov["hardware"]["threads"] == smoke_record["config"]["threads"]
+    assert "correlated_gaussians" in smoke_record["dataset"]
+    assert smoke_record["config"]["steps_per_stage"] < 20  # the smoke configuration, not the full one
+
+
+def test_smoke_record_runs_and_curves(smoke_record):
+    cfg = smoke_record["config"]
+    runs = smoke_record["metrics"]["runs"]
+    names = [r["name"] for r in runs]
+    # every (objective, critic) pair at every batch size, ER, and the transformed family
+    for k in cfg["batch_sizes"]:
+        for objective in cfg["objectives"]:
+            for critic in cfg["critics"]:
+                assert f"{objective}/{critic}/k={k}/gaussian" in names
+        assert f"er/gaussian_q/k={k}/gaussian" in names
+    for family in cfg["transforms"]:
+        assert any(r["family"] == family for r in runs)
+    total = cfg["steps_per_stage"] * len(cfg["mis"])
+    for run in runs:
+        assert run["step"] == list(range(cfg["record_every"], total + 1, cfg["record_every"]))
+        assert len(run["estimate"]) == len(run["step"]) == len(run["true_mi"])
+        assert sorted(set(run["true_mi"])) == sorted(cfg["mis"])
+        finite = [v for v in run["estimate"] if v is not None]
+        assert finite and all(math.isfinite(v) for v in finite)
+        assert [s["mi"] for s in run["stages"]] == list(cfg["mis"])
+        if run["objective"] == "infonce":  # InfoNCE never exceeds log k, trained or not
+            assert max(finite) <= math.log(run["batch_size"]) + 1e-5
+        if run["objective"] == "er":
+            assert len(run["entropy_kde"]) == len(run["reconstruction"]) == len(run["step"])
+
+
+def test_deterministic(smoke_paths):
+    runs_a, runs_b = (load_results(p)["metrics"]["runs"] for p in smoke_paths)
+    strip = lambda runs: [{k: v for k, v in r.items() if k != "seconds"} for r in runs]  # noqa: E731
+    assert strip(runs_a) == strip(runs_b)
+
+
+def test_bad_arguments_are_refused(tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(TRAIN_CRITICS), "--smoke", "--steps-per-stage", "0", "--out", str(tmp_path / "x.json")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode != 0 and "steps-per-stage" in out.stderr
+    assert not (tmp_path / "x.json").exists()
