@@ -1,0 +1,278 @@
+"""Evaluation of frozen features: weighted kNN classifier and offline linear probe.
+
+- :func:`knn_classify` is DINO's weighted k-nearest-neighbour classifier [0]: cosine similarity
+  between L2-normalised features, the ``k = 20`` most similar training samples vote for their
+  class with weight ``exp(similarity / T)``, ``T = 0.07``.
+- :func:`linear_probe` fits a linear classifier on standardised frozen features: scikit-learn's
+  multinomial logistic regression (L-BFGS) for small sets, or, for large ones, a torch linear
+  layer trained with the standard recipe (SGD with momentum 0.9 or LARS, cosine learning rate,
+  mini-batches of 256) [1].
+- :func:`extract_features` runs an encoder over a data set (eval mode, no gradient).
+
+[0] Caron et al., "Emerging Properties in Self-Supervised Vision Transformers" (DINO), ICCV 2021,
+    Sec. 4.1 and its ``eval_knn.py``.
+[1] Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations", ICML 2020,
+    Appendix B.6 (linear evaluation).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from mvssl_core import _checks
+
+__all__ = ["extract_features", "knn_classify", "knn_accuracy", "linear_probe", "SKLEARN_MAX_SAMPLES"]
+
+SKLEARN_MAX_SAMPLES = 20_000
+"""``linear_probe(backend="auto")`` uses scikit-learn up to this many training samples, torch beyond."""
+
+
+def _features_and_labels(feats: object, labels: object, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    feats = torch.as_tensor(feats)
+    labels = torch.as_tensor(labels)
+    _checks.embeddings(feats.float(), name, min_samples=1)
+    if labels.dim() != 1 or labels.shape[0] != feats.shape[0]:
+        raise ValueError(f"{name} labels must have shape ({feats.shape[0]},), got {tuple(labels.shape)}")
+    if labels.dtype.is_floating_point:
+        raise TypeError(f"{name} labels must be integers, got dtype {labels.dtype}")
+    return feats, labels.long()
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: nn.Module,
+    dataset: Dataset,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+    bf16: bool = False,
+    channels_last: bool = False,
+    max_samples: int | None = None,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features ``(N, D)`` (float32, CPU) and labels ``(N,)`` of ``dataset`` (items ``(image, label)``).
+
+    The backbone runs in eval mode (BatchNorm uses its running statistics) and is put back in
+    its previous mode. ``max_samples`` keeps a random subset (drawn with ``seed``) of that size.
+    """
+    _checks.positive_int(batch_size, "batch_size")
+    if max_samples is not None and max_samples < len(dataset):
+        idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:max_samples]
+        dataset = torch.utils.data.Subset(dataset, idx.sort().values.tolist())
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=torch.device(device).type == "cuda")
+    was_training = backbone.training
+    backbone.eval()
+    feats, labels = [], []
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
+    try:
+        for images, y in loader:
+            images = images.to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                f = backbone(images)
+            feats.append(f.float().cpu())
+            labels.append(torch.as_tensor(y).long())
+    finally:
+        backbone.train(was_training)
+    return torch.cat(feats), torch.cat(labels)
+
+
+@torch.no_grad()
+def knn_classify(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    k: int = 20,
+    temperature: float = 0.07,
+    n_classes: int | None = None,
+    chunk_size: int = 1024,
+) -> torch.Tensor:
+    """DINO's weighted kNN classifier [0]; returns the predicted classes ``(M,)``.
+
+    Args:
+        train_features: (N, D) features of the labelled set (normalised here).
+        train_labels: (N,) integer classes in [0, n_classes).
+        test_features: (M, D) features to classify.
+        k: neighbours (min(k, N) are used).
+        temperature: T of the vote weights ``exp(cos / T)``.
+        n_classes: number of classes (default: max label + 1).
+        chunk_size: test rows per similarity block (memory ``chunk_size * N``).
+    """
+    train_features, train_labels = _features_and_labels(train_features, train_labels, "train_features")
+    test_features = torch.as_tensor(test_features)
+    _checks.embeddings(test_features.float(), "test_features", min_samples=1)
+    if test_features.shape[1] != train_features.shape[1]:
+        raise ValueError(
+            f"test_features must have {train_features.shape[1]} columns like train_features, got {test_features.shape[1]}"
+        )
+    _checks.positive_int(k, "k")
+    _checks.positive(temperature, "temperature")
+    if (train_labels < 0).any():
+        raise ValueError("train_labels must be >= 0 (drop unlabelled samples first)")
+    c = int(train_labels.max()) + 1 if n_classes is None else _checks.positive_int(n_classes, "n_classes")
+    train = F.normalize(train_features.float(), dim=1)
+    test = F.normalize(test_features.float(), dim=1)
+    k = min(k, train.shape[0])
+    preds = []
+    for start in range(0, test.shape[0], chunk_size):
+        sim = test[start : start + chunk_size] @ train.T  # (m, N) cosines
+        top_sim, top_idx = sim.topk(k, dim=1)
+        weights = (top_sim / temperature).exp()  # cosines <= 1: exp(1 / 0.07) ~ 1.6e6, no overflow
+        votes = torch.zeros(sim.shape[0], c).scatter_add_(1, train_labels[top_idx], weights)
+        preds.append(votes.argmax(dim=1))
+    return torch.cat(preds)
+
+
+def knn_accuracy(train_features, train_labels, test_features, test_labels, **kwargs) -> float:
+    """Top-1 accuracy (fraction in [0, 1]) of :func:`knn_classify` on labelled test features."""
+    test_features, test_labels = _features_and_labels(test_features, test_labels, "test_features")
+    preds = knn_classify(train_features, train_labels, test_features, **kwargs)
+    return float((preds == test_labels).float().mean())
+
+
+def _standardise(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = train.mean(0, keepdim=True)
+    std = train.std(0, keepdim=True).clamp_min(1e-6)
+    return (train - mean) / std, (test - mean) / std
+
+
+def linear_probe(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    *,
+    backend: str = "auto",
+    C: float = 1.0,
+    max_iter: int = 1000,
+    epochs: int = 100,
+    lr: float = 0.1,
+    batch_size: int = 256,
+    optimizer: str = "sgd",
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> dict[str, float]:
+    """Fit a linear classifier on standardised frozen features; report train and test top-1 accuracy.
+
+    Args:
+        train_features, train_labels: (N, D) features and (N,) classes (samples labelled -1 are dropped).
+        test_features, test_labels: (M, D) and (M,).
+        backend: "sklearn" (multinomial logistic regression, L-BFGS, inverse regularisation ``C``),
+            "torch" (linear layer, ``epochs`` of SGD/LARS with momentum 0.9 and a cosine learning
+            rate from ``lr``, cross-entropy), or "auto" (sklearn up to :data:`SKLEARN_MAX_SAMPLES`).
+        C, max_iter: scikit-learn's parameters.
+        epochs, lr, batch_size, optimizer ("sgd" or "lars"), weight_decay: the torch recipe.
+        seed: seeds the torch initialisation and shuffling.
+        device: where the torch head trains.
+
+    Returns:
+        ``{"train_top1": ..., "test_top1": ...}`` (fractions in [0, 1]) and ``"backend"``.
+    """
+    xtr, ytr = _features_and_labels(train_features, train_labels, "train_features")
+    xte, yte = _features_and_labels(test_features, test_labels, "test_features")
+    if xte.shape[1] != xtr.shape[1]:
+        raise ValueError(f"test_features must have {xtr.shape[1]} columns like train_features, got {xte.shape[1]}")
+    _checks.choice(backend, "backend", ("auto", "sklearn", "torch"))
+    _checks.choice(optimizer, "optimizer", ("sgd", "lars"))
+    keep = ytr >= 0
+    xtr, ytr = xtr[keep].float(), ytr[keep]
+    if len(torch.unique(ytr)) < 2:
+        raise ValueError("train_labels must hold at least 2 classes")
+    xtr, xte = _standardise(xtr, xte.float())
+    if backend == "auto":
+        backend = "sklearn" if xtr.shape[0] <= SKLEARN_MAX_SAMPLES else "torch"
+    if backend == "sklearn":
+        from sklearn.linear_model import LogisticRegression
+
+        clf = LogisticRegression(C=_checks.positive(C, "C"), max_iter=max_iter)
+        clf.fit(xtr.numpy(), ytr.numpy())
+        train_acc = float(clf.score(xtr.numpy(), ytr.numpy()))
+        test_acc = float(np.mean(clf.predict(xte.numpy()) == yte.numpy()))
+        return {"train_top1": train_acc, "test_top1": test_acc, "backend": "sklearn"}
+    return _torch_probe(xtr, ytr, xte, yte, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
+                        weight_decay=weight_decay, seed=seed, device=device)
+
+
+def _torch_probe(xtr, ytr, xte, yte, *, epochs, lr, batch_size, optimizer, weight_decay, seed, device) -> dict:
+    from mvssl_core.optim import LARS, param_groups
+
+    _checks.positive_int(epochs, "epochs")
+    _checks.positive(lr, "lr")
+    _checks.positive_int(batch_size, "batch_size")
+    gen = torch.Generator().manual_seed(seed)
+    n_classes = int(max(ytr.max(), yte.max())) + 1
+    head = nn.Linear(xtr.shape[1], n_classes)
+    with torch.no_grad():  # a seeded initialisation, independent of the global generator
+        bound = 1 / math.sqrt(xtr.shape[1])
+        head.weight.copy_(torch.rand(head.weight.shape, generator=gen) * 2 * bound - bound)
+        head.bias.zero_()
+    head = head.to(device)
+    if optimizer == "lars":
+        opt = LARS(param_groups(head, weight_decay), lr=lr, momentum=0.9)
+    else:
+        opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    n = xtr.shape[0]
+    steps_per_epoch = math.ceil(n / batch_size)
+    total = epochs * steps_per_epoch
+    step = 0
+    xtr_d, ytr_d = xtr.to(device), ytr.to(device)
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen).to(device)
+        for start in range(0, n, batch_size):
+            idx = perm[start : start + batch_size]
+            for g in opt.param_groups:
+                g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            loss = F.cross_entropy(head(xtr_d[idx]), ytr_d[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+    with torch.no_grad():
+        train_acc = float((head(xtr_d).argmax(1) == ytr_d).float().mean())
+        test_acc = float((head(xte.to(device)).argmax(1).cpu() == yte).float().mean())
+    return {"train_top1": train_acc, "test_top1": test_acc, "backend": "torch"}
+
+
+def evaluate_backbone(
+    backbone: nn.Module,
+    train_set: Dataset,
+    test_set: Dataset,
+    *,
+    knn: bool = True,
+    linear: bool = True,
+    k: int = 20,
+    temperature: float = 0.07,
+    max_train: int | None = None,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+    bf16: bool = False,
+    channels_last: bool = False,
+    seed: int = 0,
+) -> dict[str, float]:
+    """kNN and linear-probe top-1 accuracy of a frozen encoder (test split), as fractions in [0, 1]."""
+    kw = dict(batch_size=batch_size, device=device, num_workers=num_workers, bf16=bf16, channels_last=channels_last)
+    xtr, ytr = extract_features(backbone, train_set, max_samples=max_train, seed=seed, **kw)
+    xte, yte = extract_features(backbone, test_set, **kw)
+    labelled = ytr >= 0
+    xtr, ytr = xtr[labelled], ytr[labelled]
+    out: dict[str, float] = {"n_train": int(xtr.shape[0]), "n_test": int(xte.shape[0])}
+    if knn:
+        out["knn_top1"] = knn_accuracy(xtr, ytr, xte, yte, k=k, temperature=temperature)
+    if linear:
+        probe = linear_probe(xtr, ytr, xte, yte, seed=seed, device=device)
+        out["linear_top1"] = probe["test_top1"]
+        out["linear_train_top1"] = probe["train_top1"]
+    return out
+

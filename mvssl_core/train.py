@@ -1,0 +1,763 @@
+"""The training loop: one loop for every method, on CPU, on 2 CPU processes (gloo) and on GPUs (NCCL).
+
+``train(cfg)`` pre-trains ``cfg.method`` and writes, in the run's folder ``cfg.run_dir()``:
+
+- ``config.yaml``: the full resolved configuration;
+- ``metrics.jsonl``: one JSON line every ``log_every`` steps: step, epoch, lr, the method's
+  :class:`~mvssl_core.methods.StepOutput` metrics (loss, entropy, reconstruction, collapse_std,
+  effective_rank, discrete terms, ...), the online probe's loss and accuracy, and the step time;
+- ``checkpoint.pt``: written atomically (temporary file + ``os.replace``) every
+  ``checkpoint_every`` steps and at the end; loaded with ``torch.load(weights_only=True)``;
+- ``results.json`` (:mod:`mvssl_core.results`): method, config, data, seed, provenance, the metrics
+  over time and the final kNN / linear-probe accuracy.
+
+Distributed runs. Under ``torchrun`` (``WORLD_SIZE > 1``) the process group is initialised with
+NCCL on GPU and gloo on CPU, the method is built with ``distributed=True`` (its coupled losses and
+estimators then run over the global batch) and wrapped in ``DistributedDataParallel`` with
+``broadcast_buffers=False``. Rank 0 writes every file.
+
+Same data whatever the world size. :class:`GlobalBatchSampler` draws one permutation of the data set
+per epoch from ``(seed, epoch)``; optimizer step ``s`` uses global batch ``perm[s*B:(s+1)*B]``, cut
+into ``accumulate`` consecutive micro-batches, each cut into ``world_size`` consecutive slices, one
+per rank. The all-gather of the estimators concatenates the slices in rank order, so every coupled
+loss sees the same micro-batch, in the same order, as a single process (the 2-process test checks
+equal losses and parameters). Each item's views are drawn under the seed ``(seed, epoch, index)``
+(:class:`mvssl_core.data.MultiViewDataset`), so they do not depend on workers, processes or resuming.
+
+Exact resume. The position in the data is a function of the step (epoch = step // steps per epoch,
+the batch inside it = step % steps per epoch) and the learning rate is a function of the step, so
+the checkpoint holds the step, the method's whole state (parameters and buffers: EMA teacher, DINO
+centre, SwAV queue, DeepCluster memory bank and assignments), the optimizer state, the online
+probe and its optimizer, and the RNG states (torch, CUDA, numpy, python) as tensors. The
+configuration is stored as a JSON string. On ``resume`` the metrics log is cut back to the
+checkpoint's step, so a killed-and-resumed run ends with the same parameters and log as an
+uninterrupted one.
+
+Gradient accumulation: the loss of each of the ``accumulate`` micro-batches is divided by
+``accumulate``; DDP synchronises only on the last one; the optimizer steps and the method's
+:meth:`after_optimizer_step` (EMA teachers) run once per real step.
+
+Precision: bf16 autocast and channels-last memory format on GPU only (``precision``,
+``channels_last``). On CPU DataLoader workers run with one thread each (torchvision's v2 colour
+jitter is slow with many threads); ``num_workers >= 1`` keeps augmentation off the training thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from mvssl_core import dist, results
+from mvssl_core.backbones import build_backbone
+from mvssl_core.config import ConfigError, RunConfig, from_dict, save_config, to_dict, validate
+from mvssl_core.data import MultiViewDataset, build_dataset
+from mvssl_core.methods import build_method
+from mvssl_core.optim import LARS, param_groups, scaled_lr, set_lr, warmup_cosine
+from mvssl_core.views import IMAGENET_NORMALIZE, build_views, eval_transform, item_seed
+
+__all__ = [
+    "train",
+    "build_model",
+    "build_train_set",
+    "build_eval_sets",
+    "evaluate_run",
+    "CheckpointError",
+    "GlobalBatchSampler",
+    "load_checkpoint",
+    "save_checkpoint",
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_NAME",
+    "METRICS_NAME",
+    "RESULTS_NAME",
+    "CONFIG_NAME",
+]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "mvssl-checkpoint/1"
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.jsonl"
+RESULTS_NAME = "results.json"
+CONFIG_NAME = "config.yaml"
+
+# recipe of each method family's views
+_METHOD_VIEWS = {"simclr": "simclr", "byol": "byol", "dino": "dino", "swav": "swav", "deepcluster": "deepcluster"}
+# configuration keys that may change on resume without changing the result
+_RESUMABLE_CHANGES = {"num_workers", "progress", "log_every", "checkpoint_every", "out", "device", "eval"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or is not a checkpoint of this trainer."""
+
+
+# ------------------------------------------------------------------------------------------------
+# data
+
+
+class GlobalBatchSampler:
+    """This rank's micro-batches of a seeded per-epoch shuffle; the same global batches for any world size.
+
+    Step ``s`` of an epoch uses ``perm[s*B:(s+1)*B]`` (B = ``batch_size``, the global batch),
+    split into ``accumulate`` consecutive micro-batches, each split into ``world_size`` consecutive
+    slices; rank r gets slice r. The incomplete last batch is dropped. Like
+    ``DistributedSampler``, call :meth:`set_epoch` before each epoch; ``start_step`` skips the
+    epoch's first steps (resuming mid-epoch).
+
+    Args:
+        n: size of the data set.
+        batch_size: the global batch B.
+        accumulate: micro-batches per step.
+        world_size, rank: the process group's size and this process's rank.
+        seed: the run's seed (the epoch's permutation is drawn from ``(seed, epoch)``).
+        shuffle: shuffle (else the data set's order).
+    """
+
+    def __init__(self, n: int, batch_size: int, *, accumulate: int = 1, world_size: int = 1, rank: int = 0,
+                 seed: int = 0, shuffle: bool = True) -> None:
+        if batch_size % (accumulate * world_size):
+            raise ConfigError(
+                f"batch_size ({batch_size}) must be a multiple of accumulate x processes ({accumulate} x {world_size})"
+            )
+        if batch_size // (accumulate * world_size) < 1:
+            raise ConfigError("batch_size / (accumulate x processes) must be >= 1")
+        if n < batch_size:
+            raise ConfigError(f"the data set has {n} items, fewer than batch_size ({batch_size})")
+        self.n, self.batch_size, self.accumulate = n, batch_size, accumulate
+        self.world_size, self.rank, self.seed, self.shuffle = world_size, rank, seed, shuffle
+        self.micro = batch_size // accumulate
+        self.per_rank = self.micro // world_size
+        self.steps_per_epoch = n // batch_size
+        self.epoch, self.start_step = 0, 0
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.epoch, self.start_step = int(epoch), int(start_step)
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.n)
+        gen = torch.Generator().manual_seed(item_seed(self.seed, epoch, -1))
+        return torch.randperm(self.n, generator=gen)
+
+    def __len__(self) -> int:
+        return (self.steps_per_epoch - self.start_step) * self.accumulate
+
+    def __iter__(self) -> Iterator[list[int]]:
+        perm = self.permutation(self.epoch)
+        for step in range(self.start_step, self.steps_per_epoch):
+            for m in range(self.accumulate):
+                start = step * self.batch_size + m * self.micro + self.rank * self.per_rank
+                yield perm[start : start + self.per_rank].tolist()
+
+
+class _WithIndex(Dataset):
+    """Items ``(views, label, index)``: DeepCluster needs the samples' indices."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        views, label = self.dataset[index]
+        return views, label, index
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+@contextlib.contextmanager
+def _one_thread(enabled: bool) -> Iterator[None]:
+    """Load a batch in the main process with one intra-op thread (v2 colour jitter is slower with more)."""
+    if not enabled:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _split(cfg: RunConfig, which: str) -> str | None:
+    name = cfg.data.name
+    if which == "train":
+        if cfg.data.split is not None:
+            return cfg.data.split
+        return "train+unlabeled" if name == "stl10" else "train"
+    if which == "eval_train":
+        return cfg.data.eval_train_split or "train"
+    return cfg.data.eval_split or ("val" if name == "imagefolder" else "test")
+
+
+def _dataset_kwargs(cfg: RunConfig) -> dict:
+    kw: dict[str, Any] = {"root": cfg.data.root, "download": cfg.data.download}
+    if cfg.data.name in ("digits", "shapes"):
+        kw["size"] = cfg.data.size
+    if cfg.data.name == "shapes" and cfg.data.n is not None:
+        kw["n"] = cfg.data.n
+    kw.update(cfg.data.kwargs)
+    return kw
+
+
+def build_train_set(cfg: RunConfig) -> Dataset:
+    """The pre-training data set with the method's views, seeded per item."""
+    recipe = cfg.data.views or _METHOD_VIEWS[cfg.method.removesuffix("_er")]
+    with _config_errors("data.view_kwargs"):
+        views = build_views(recipe, cfg.data.size, **cfg.data.view_kwargs)
+    with _config_errors("data"):
+        base = build_dataset(cfg.data.name, split=_split(cfg, "train"), **_dataset_kwargs(cfg))
+    return MultiViewDataset(base, views, seed=cfg.seed)
+
+
+@contextlib.contextmanager
+def _config_errors(key: str) -> Iterator[None]:
+    """Report a bad keyword argument or value of a part built from the config as a ConfigError on ``key``."""
+    try:
+        yield
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"{key}: {e}") from e
+
+
+def build_eval_sets(cfg: RunConfig, name: str | None = None) -> tuple[Dataset, Dataset]:
+    """The (train, test) sets of the offline evaluation, with the evaluation transform."""
+    t = eval_transform(cfg.data.size, normalize=cfg.data.view_kwargs.get("normalize", IMAGENET_NORMALIZE))
+    kw = _dataset_kwargs(cfg)
+    name = name or cfg.data.name
+    return (build_dataset(name, split=_split(cfg, "eval_train"), transform=t, **kw),
+            build_dataset(name, split=_split(cfg, "eval"), transform=t, **kw))
+
+
+# ------------------------------------------------------------------------------------------------
+# runtime
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int
+    world_size: int
+    distributed: bool
+    bf16: bool
+    channels_last: bool
+    owns_group: bool
+
+
+def _init_runtime(cfg: RunConfig) -> Runtime:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device is 'cuda' but no CUDA device is available (use device: auto or cpu)")
+    if want_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    owns = False
+    if world > 1 and not torch_dist.is_initialized():
+        torch_dist.init_process_group(backend="nccl" if want_cuda else "gloo")
+        owns = True
+    distributed = dist.is_distributed()
+    on_gpu = device.type == "cuda"
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and on_gpu)
+    if bf16 and not on_gpu:
+        raise ConfigError("precision 'bf16' is for GPU runs; use precision: auto or fp32 on CPU")
+    channels_last = on_gpu if cfg.channels_last is None else cfg.channels_last
+    return Runtime(device, dist.rank(), dist.world_size(), distributed, bf16, channels_last, owns)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    return {
+        "torch": torch.random.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": torch.tensor([np_state[2], np_state[3]], dtype=torch.int64),
+        "numpy_gauss": torch.tensor([np_state[4]], dtype=torch.float64),
+        "python": torch.tensor([py_version, *py_state], dtype=torch.int64),
+        "python_gauss": torch.tensor([math.nan if py_gauss is None else py_gauss], dtype=torch.float64),
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.random.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    pos, has_gauss = state["numpy_pos"].tolist()
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss,
+                         float(state["numpy_gauss"][0])))
+    py = state["python"].tolist()
+    gauss = float(state["python_gauss"][0])
+    random.setstate((py[0], tuple(py[1:]), None if math.isnan(gauss) else gauss))
+
+
+# ------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
+    """Write a checkpoint atomically: a reader sees the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_torch_save({"format": CHECKPOINT_FORMAT, **state}, path)
+    return path
+
+
+_CHECKPOINT_KEYS = ("format", "config", "step", "model", "optimizer", "rng")
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint with ``torch.load(weights_only=True)`` on the CPU.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        CheckpointError: the file is truncated, corrupted, or not a checkpoint of this trainer
+            (the message names the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # zip errors, unpickling errors, truncated files: all mean "unreadable"
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable or corrupted ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            "delete it to start over, or restore it from a copy"
+        ) from e
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not an mvssl checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    missing = [k for k in _CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks the fields {missing}")
+    return state
+
+
+def checkpoint_config(state: dict, source: str = "checkpoint") -> RunConfig:
+    """The :class:`RunConfig` stored in a checkpoint."""
+    try:
+        values = json.loads(state["config"])
+    except (TypeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{source}: the stored config is not valid JSON ({e})") from None
+    return validate(from_dict(RunConfig, values))
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Remove temporary files left by a process killed during an atomic write."""
+    for name in (CHECKPOINT_NAME, RESULTS_NAME, CONFIG_NAME):
+        for tmp in folder.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def _diff(a: Any, b: Any, where: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{where}{k}.")
+        return out
+    return [] if a == b else [where.rstrip(".")]
+
+
+# ------------------------------------------------------------------------------------------------
+# metrics log and progress
+
+
+def _finite_or_none(x: Any) -> Any:
+    return x if not isinstance(x, float) or math.isfinite(x) else None
+
+
+def _read_log(path: Path, upto_step: int | None = None) -> list[dict]:
+    """The log's complete lines (a line cut by a crash is dropped), optionally up to a step."""
+    rows = []
+    if not path.is_file():
+        return rows
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if upto_step is None or row.get("step", 0) <= upto_step:
+            rows.append(row)
+    return rows
+
+
+def _rewrite_log(path: Path, rows: list[dict]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    os.replace(tmp, path)
+
+
+class _Progress:
+    """tqdm when installed, else a line every 10% on stderr."""
+
+    def __init__(self, total: int, initial: int, enabled: bool, desc: str) -> None:
+        self.enabled, self.total, self.n, self.bar = enabled, total, initial, None
+        if not enabled:
+            return
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            self.every = max(1, total // 10)
+            return
+        self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, file=sys.stderr)
+
+    def update(self, metrics: dict) -> None:
+        self.n += 1
+        if not self.enabled:
+            return
+        shown = {k: f"{metrics[k]:.3g}" for k in ("loss", "entropy", "probe_acc") if metrics.get(k) is not None}
+        if self.bar is not None:
+            self.bar.set_postfix(shown, refresh=False)
+            self.bar.update(1)
+        elif self.n % self.every == 0 or self.n == self.total:
+            print(f"step {self.n}/{self.total} " + " ".join(f"{k}={v}" for k, v in shown.items()), file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# the loop
+
+
+def _build_optimizer(cfg: RunConfig, model: nn.Module, peak_lr: float) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.optim.weight_decay)
+    if cfg.optim.name == "lars":
+        return LARS(groups, lr=peak_lr, momentum=cfg.optim.momentum)
+    if cfg.optim.name == "sgd":
+        return torch.optim.SGD(groups, lr=peak_lr, momentum=cfg.optim.momentum)
+    return torch.optim.AdamW(groups, lr=peak_lr, betas=(cfg.optim.momentum, 0.999))
+
+
+def _to_device(views: list[torch.Tensor], rt: Runtime) -> list[torch.Tensor]:
+    out = []
+    for v in views:
+        v = v.to(rt.device, non_blocking=True)
+        if rt.channels_last:
+            v = v.contiguous(memory_format=torch.channels_last)
+        out.append(v)
+    return out
+
+
+def _n_classes(dataset: Dataset) -> int:
+    base = dataset.dataset if isinstance(dataset, MultiViewDataset) else dataset
+    classes = getattr(base, "classes", None)
+    if classes is not None:
+        return len(classes)
+    return int(max(getattr(base, "targets", [0]))) + 1
+
+
+def build_model(cfg: RunConfig, dataset_size: int, distributed: bool = False) -> nn.Module:
+    """The method of ``cfg`` around its backbone, initialised from ``cfg.seed`` (seeds torch, numpy, random).
+
+    Every rank builds the same model (DDP also broadcasts rank 0's parameters). DeepCluster gets
+    ``dataset_size`` unless ``hyper`` sets it.
+    """
+    _seed_everything(cfg.seed)
+    with _config_errors("model.kwargs"):
+        backbone, feature_dim = build_backbone(cfg.model.backbone, **cfg.model.kwargs)
+    backbone.feature_dim = feature_dim
+    hyper = dict(cfg.hyper)
+    if cfg.method.startswith("deepcluster"):
+        hyper.setdefault("dataset_size", dataset_size)
+    with _config_errors("hyper"):  # an unknown hyper-parameter or a value the method rejects
+        return build_method(cfg.method, backbone, feature_dim, distributed=distributed, **hyper)
+
+
+def train(cfg: RunConfig, *, resume: bool = False, stop_after: int | None = None,
+          command: str | None = None) -> dict | None:
+    """Pre-train ``cfg.method``; returns the results record (rank 0; other ranks get None).
+
+    Args:
+        cfg: the run's configuration (validated).
+        resume: continue from ``<run dir>/checkpoint.pt`` exactly where it stopped; its stored
+            configuration must equal ``cfg`` except for the keys that do not change the result
+            (num_workers, progress, log_every, checkpoint_every, out, device, eval).
+        stop_after: stop (as if the process were killed) once this many steps are done, without
+            the final checkpoint or results: lets tests interrupt a run.
+        command: the command line recorded in the results' provenance.
+    """
+    validate(cfg)
+    rt = _init_runtime(cfg)
+    try:
+        return _train(cfg, rt, resume=resume, stop_after=stop_after, command=command)
+    finally:
+        if rt.owns_group and torch_dist.is_initialized():
+            torch_dist.destroy_process_group()
+
+
+def _train(cfg: RunConfig, rt: Runtime, *, resume: bool, stop_after: int | None, command: str | None) -> dict | None:
+    main = rt.rank == 0
+    run_dir = cfg.run_dir()
+    ckpt_path, log_path = run_dir / CHECKPOINT_NAME, run_dir / METRICS_NAME
+
+    state = None
+    if resume:
+        if not ckpt_path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}; start the run without --resume")
+        state = load_checkpoint(ckpt_path)
+        saved = checkpoint_config(state, str(ckpt_path))
+        changed = [k for k in _diff(to_dict(saved), to_dict(cfg)) if k.split(".")[0] not in _RESUMABLE_CHANGES]
+        if changed:
+            raise ConfigError(
+                f"--resume: the configuration differs from the one in {ckpt_path} at {changed}; "
+                "resume with the same configuration (or start a new run in another folder)"
+            )
+    elif ckpt_path.exists():
+        raise FileExistsError(f"{run_dir} already holds a checkpoint; pass --resume to continue it, or choose another out folder")
+
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(run_dir)
+        save_config(cfg, run_dir / CONFIG_NAME)
+    dataset = build_train_set(cfg)
+    sampler = GlobalBatchSampler(len(dataset), cfg.batch_size, accumulate=cfg.accumulate,
+                                 world_size=rt.world_size, rank=rt.rank, seed=cfg.seed)
+    steps_per_epoch = sampler.steps_per_epoch
+    total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
+    warmup = min(int(round(cfg.optim.warmup_epochs * steps_per_epoch)), total - 1)
+    peak_lr = scaled_lr(cfg.optim.lr, cfg.batch_size) if cfg.optim.scale_lr else cfg.optim.lr
+
+    method = build_model(cfg, len(dataset), distributed=rt.distributed)
+    feature_dim = method.backbone.feature_dim
+    method = method.to(rt.device)
+    if rt.channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    optimizer = _build_optimizer(cfg, method, peak_lr)
+
+    n_classes = _n_classes(dataset)
+    probe = nn.Linear(feature_dim, n_classes).to(rt.device) if cfg.probe.enabled else None
+    probe_opt = torch.optim.AdamW(probe.parameters(), lr=cfg.probe.lr, weight_decay=0.0) if probe is not None else None
+
+    captured: list[torch.Tensor] = []  # the backbone's first output of each forward (global crops)
+
+    def _capture(_module, _inputs, output):
+        if not captured:
+            captured.append(output)
+
+    hook = method.backbone.register_forward_hook(_capture) if probe is not None else None
+
+    step = 0
+    if state is not None:
+        method.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if probe is not None:
+            probe.load_state_dict(state["probe"])
+            probe_opt.load_state_dict(state["probe_optimizer"])
+        step = int(state["step"])
+        _set_rng_state(state["rng"])
+        log.info("resuming %s from %s at step %d of %d", cfg.method, ckpt_path, step, total)
+        if main:
+            _rewrite_log(log_path, _read_log(log_path, upto_step=step))
+        del state
+    elif main and log_path.exists():
+        log_path.unlink()
+
+    model: nn.Module = method
+    if rt.distributed:
+        with warnings.catch_warnings():
+            # torch >= 2.14 deprecates broadcast_buffers, but its replacement still syncs buffers at
+            # construction; the methods' per-process buffers (SwAV queue) must not be synced at all
+            warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+            model = nn.parallel.DistributedDataParallel(
+                method, device_ids=[rt.device.index] if rt.device.type == "cuda" else None, broadcast_buffers=False
+            )
+
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if rt.bf16 else contextlib.nullcontext
+    loader_kw = dict(num_workers=cfg.num_workers, pin_memory=rt.device.type == "cuda",
+                     worker_init_fn=_worker_init if cfg.num_workers > 0 else None)
+
+    def _save() -> None:
+        save_checkpoint(ckpt_path, {
+            "config": json.dumps(to_dict(cfg)),
+            "step": step,
+            "world_size": rt.world_size,
+            "model": method.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "probe": probe.state_dict() if probe is not None else {},
+            "probe_optimizer": probe_opt.state_dict() if probe_opt is not None else {},
+            "rng": _rng_state(),
+        })
+
+    progress_bar = _Progress(total, step, cfg.progress and main, desc=f"{cfg.method} {cfg.data.name}")
+    method.train()
+    log_file = open(log_path, "a", encoding="utf-8") if main else None
+    try:
+        while step < total:
+            epoch, position = divmod(step, steps_per_epoch)
+            if position == 0:
+                method.start_epoch(epoch)
+            sampler.set_epoch(epoch, position)
+            dataset.set_epoch(epoch)
+            loader = DataLoader(_WithIndex(dataset), batch_sampler=sampler, **loader_kw)
+            batches = iter(loader)
+            for _ in range(position, steps_per_epoch):
+                if step >= total:
+                    break
+                t0 = time.perf_counter()
+                progress = step / total
+                lr = warmup_cosine(step, total, warmup, peak_lr, cfg.optim.final_lr * peak_lr)
+                set_lr(optimizer, lr)
+                optimizer.zero_grad(set_to_none=True)
+                if probe_opt is not None:
+                    probe_opt.zero_grad(set_to_none=True)
+                sums: dict[str, float] = {}
+                for micro in range(cfg.accumulate):
+                    with _one_thread(cfg.num_workers == 0):
+                        views, labels, indices = next(batches)
+                    views = _to_device(views, rt)
+                    labels = labels.to(rt.device, non_blocking=True)
+                    indices = indices.to(rt.device, non_blocking=True)
+                    last = micro == cfg.accumulate - 1
+                    sync = model.no_sync() if rt.distributed and not last else contextlib.nullcontext()
+                    captured.clear()
+                    with sync:
+                        with autocast():
+                            out = model(views, progress, indices)
+                        if not math.isfinite(out.metrics["loss"]):
+                            raise FloatingPointError(
+                                f"{cfg.method}: the loss is {out.metrics['loss']} at step {step} (epoch {epoch}); "
+                                "lower optim.lr or check the data"
+                            )
+                        (out.loss / cfg.accumulate).backward()
+                    metrics = dict(out.metrics)
+                    if probe is not None:
+                        metrics.update(_probe_step(probe, captured[0], labels, views[0].shape[0], cfg.accumulate, rt))
+                    for k, v in metrics.items():
+                        sums[k] = sums.get(k, 0.0) + v / cfg.accumulate
+                optimizer.step()
+                if probe_opt is not None:
+                    probe_opt.step()
+                method.after_optimizer_step(min(1.0, (step + 1) / total))
+                step += 1
+
+                row = {"step": step, "epoch": epoch, "lr": lr, **{k: _finite_or_none(v) for k, v in sums.items()},
+                       "time_s": time.perf_counter() - t0}
+                progress_bar.update(row)
+                if main and (step % cfg.log_every == 0 or step == total):
+                    log_file.write(json.dumps(row) + "\n")
+                    log_file.flush()
+                if main and (step == total or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
+                    _save()
+                if stop_after is not None and step >= stop_after and step < total:
+                    return None
+            del batches, loader
+    finally:
+        progress_bar.close()
+        if log_file is not None:
+            log_file.close()
+        if hook is not None:
+            hook.remove()
+
+    # rank 0 evaluates alone (no collective follows, so the other ranks may finish meanwhile)
+    if not main:
+        return None
+    final = evaluate_run(cfg, method.backbone, rt)
+    return _write_results(cfg, run_dir, final, total, command)
+
+
+def _probe_step(probe: nn.Linear, features: torch.Tensor, labels: torch.Tensor, n: int, accumulate: int,
+                rt: Runtime) -> dict[str, float]:
+    """One online-probe gradient on the detached features of the first view (global batch)."""
+    feats = features[:n].detach().float()
+    if rt.distributed:  # every rank fits the probe on the same global batch: no gradient sync needed
+        feats, labels = dist.gather(feats), dist.gather(labels)
+    logits = probe(feats)
+    labelled = labels >= 0
+    if not bool(labelled.any()):
+        return {}
+    loss = F.cross_entropy(logits[labelled], labels[labelled])
+    (loss / accumulate).backward()
+    acc = (logits[labelled].argmax(1) == labels[labelled]).float().mean()
+    values = torch.stack([loss.detach(), acc]).tolist()
+    return {"probe_loss": values[0], "probe_acc": values[1]}
+
+
+def evaluate_run(cfg: RunConfig, backbone: nn.Module, rt: Runtime | None = None) -> dict[str, float]:
+    """kNN and linear-probe accuracy of the backbone on the run's evaluation splits (empty if both off)."""
+    from mvssl_core.evaluate import evaluate_backbone
+
+    if not (cfg.eval.knn or cfg.eval.linear):
+        return {}
+    device = rt.device if rt is not None else torch.device("cpu")
+    train_set, test_set = build_eval_sets(cfg)
+    return evaluate_backbone(
+        backbone, train_set, test_set, knn=cfg.eval.knn, linear=cfg.eval.linear, k=cfg.eval.k,
+        temperature=cfg.eval.temperature, max_train=cfg.eval.max_train, batch_size=cfg.eval.batch_size,
+        device=device, num_workers=0, bf16=bool(rt and rt.bf16), channels_last=bool(rt and rt.channels_last),
+        seed=cfg.seed,
+    )
+
+
+def _write_results(cfg: RunConfig, run_dir: Path, final: dict, total: int, command: str | None) -> dict:
+    rows = _read_log(run_dir / METRICS_NAME)
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    history = {k: [_finite_or_none(r.get(k)) for r in rows] for k in keys}
+    last = {k: v for k, v in rows[-1].items() if k not in ("time_s",)} if rows else {}
+    if "probe_acc" in last:  # on the augmented training batch of the last logged step
+        final = {**final, "online_probe_train_acc": last["probe_acc"]}
+    record = {
+        "schema": results.SCHEMA,
+        "method": cfg.method,
+        "dataset": cfg.data.name,
+        "config": to_dict(cfg),
+        "seed": cfg.seed,
+        "provenance": results.provenance(command=command),
+        "metrics": {
+            "steps": total,
+            "history": history,
+            "last": last,
+            "final": final,
+        },
+    }
+    results.write_results(run_dir / RESULTS_NAME, record)
+    return record
