@@ -21,7 +21,10 @@ not normalise (they are meant for embeddings the caller has normalised).
 
 from __future__ import annotations
 
+import collections
+import functools
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -32,7 +35,6 @@ from mvssl_core import dist, entropy
 from mvssl_core.reconstruction import (
     _no_autocast,
     _upcast,
-    discrete_log_likelihood,
     gaussian_log_likelihood,
     vmf_log_likelihood,
 )
@@ -44,6 +46,7 @@ __all__ = [
     "nwj",
     "er_bound",
     "er_bound_discrete",
+    "er_bound_discrete_multicrop",
     "alignment",
     "uniformity",
 ]
@@ -256,19 +259,119 @@ def er_bound_discrete(
     logits1, logits2 = _pair(logits1, logits2, names=("logits1", "logits2"))
     tau = checks.positive(temperature, "temperature")
     tau_t = tau if target_temperature is None else checks.positive(target_temperature, "target_temperature")
-    with _no_autocast(logits1):
-        l1, l2 = _common(logits1, logits2)
+    # crop pairs (target a, prediction v): "2 from 1" is (1, 0); "1 from 2" is (0, 1)
+    pairs = [(1, 0), (0, 1)] if symmetric else [(1, 0)]
+    return _discrete_er([logits1, logits2], [logits1, logits2], pairs, tau, tau_t, "target", distributed)
 
-        def direction(target_logits: torch.Tensor, pred_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            w = torch.softmax(target_logits / tau_t, dim=1)
-            per_i = discrete_log_likelihood(w, pred_logits / tau, reduction="none")
-            rec = dist.global_mean(per_i) if distributed else per_i.mean()
-            return entropy.discrete_entropy(w, distributed=distributed).to(rec.dtype), rec
 
-        h, rec = direction(l2, l1)
-        if symmetric:
-            h_12, rec_12 = direction(l1, l2)
-            h, rec = 0.5 * (h + h_12), 0.5 * (rec + rec_12)
+def er_bound_discrete_multicrop(
+    logits: Sequence[torch.Tensor],
+    target_logits: Sequence[torch.Tensor],
+    pairs: Sequence[tuple[int, int]] | None = None,
+    *,
+    temperature: float = 0.1,
+    target_temperature: float | None = None,
+    entropy_branch: str = "target",
+    distributed: bool = False,
+) -> ERTerms:
+    """Mean discrete ER bound over crop pairs, each crop's assignments computed once [0].
+
+    For each pair (a, v): the target crop a's assignment ``w_a = softmax(target_logits[a] /
+    target_temperature)`` is reconstructed from crop v's prediction ``log_softmax(logits[v] /
+    temperature)``. The result is the mean over the pairs of the one-direction
+    :func:`er_bound_discrete` ``(logits[v], target_logits[a], symmetric=False)``, but each softmax,
+    log-softmax and batch-mean entropy is computed (and each input validated) once per crop, not
+    once per pair: multi-crop DINO has 10 crops and 18 pairs. Gradients flow into every input;
+    detach a teacher's logits before the call for a stop-gradient.
+
+    Args:
+        logits: V tensors (N, K), the predicting crops.
+        target_logits: G tensors (N, K), the target crops; by the multi-crop convention target
+            crop a is the same image crop as ``logits[a]`` (the global crops come first).
+        pairs: (a, v) index pairs (None: every a < G with every v != a, as in DINO and SwAV).
+        temperature: tau > 0 of the predicted assignments.
+        target_temperature: tau > 0 of the targets (None: the same as temperature).
+        entropy_branch: the entropy of pair (a, v) is that of crop a's batch-mean assignment, as a
+            target ("target": ``softmax(target_logits[a] / target_temperature)``, the ER bound's
+            H(W_a)) or as predicted ("prediction": ``softmax(logits[a] / temperature)``).
+        distributed: batch-mean assignments and means over the global batch.
+
+    Returns:
+        ERTerms(bound, entropy, reconstruction), 0-dim tensors in nats, means over the pairs.
+    """
+    preds = _crops(logits, "logits")
+    targets = _crops(target_logits, "target_logits")
+    checks.same_shape(preds[0], targets[0], "logits[0]", "target_logits[0]")
+    if pairs is None:
+        pairs = [(a, v) for a in range(len(targets)) for v in range(len(preds)) if v != a]
+    pairs = [tuple(p) for p in pairs]
+    if not pairs:
+        raise ValueError("pairs must hold at least one (target crop, predicting crop) pair")
+    for p in pairs:
+        if len(p) != 2 or not all(isinstance(i, int) and 0 <= i < n for i, n in zip(p, (len(targets), len(preds)))):
+            raise ValueError(
+                f"pairs must be (a, v) with 0 <= a < {len(targets)} and 0 <= v < {len(preds)}, got {p}"
+            )
+    checks.choice(entropy_branch, "entropy_branch", ("target", "prediction"))
+    if entropy_branch == "prediction" and max(a for a, _ in pairs) >= len(preds):
+        raise ValueError("entropy_branch='prediction' needs logits[a] for every target crop a of the pairs")
+    tau = checks.positive(temperature, "temperature")
+    tau_t = tau if target_temperature is None else checks.positive(target_temperature, "target_temperature")
+    return _discrete_er(preds, targets, pairs, tau, tau_t, entropy_branch, distributed)
+
+
+def _crops(xs: object, name: str) -> list[torch.Tensor]:
+    """A non-empty list of finite (N, K) logits of one shape, N >= 2."""
+    if isinstance(xs, torch.Tensor) or not isinstance(xs, (list, tuple)) or len(xs) == 0:
+        raise TypeError(f"{name} must be a non-empty list of (N, K) tensors")
+    out = [checks.embeddings(x, f"{name}[{i}]", min_samples=2) for i, x in enumerate(xs)]
+    for i, x in enumerate(out[1:], start=1):
+        checks.same_shape(out[0], x, f"{name}[0]", f"{name}[{i}]")
+    return out
+
+
+def _discrete_er(
+    preds: list[torch.Tensor],
+    targets: list[torch.Tensor],
+    pairs: list[tuple[int, int]],
+    tau: float,
+    tau_t: float,
+    entropy_branch: str,
+    distributed: bool,
+) -> ERTerms:
+    """Mean discrete ER over ``pairs`` (target a, prediction v) of validated crops (see the callers)."""
+    with _no_autocast(preds[0]):
+        dtype = functools.reduce(torch.promote_types, [_upcast(x).dtype for x in preds + targets])
+        # every crop's log-assignments and target assignments once, however many pairs it is in
+        pred_crops = {v for _, v in pairs} | ({a for a, _ in pairs} if entropy_branch == "prediction" else set())
+        log_w = {v: torch.log_softmax(_upcast(preds[v]).to(dtype) / tau, dim=1) for v in sorted(pred_crops)}
+        w = {a: torch.softmax(_upcast(targets[a]).to(dtype) / tau_t, dim=1) for a in sorted({a for a, _ in pairs})}
+
+        # reconstruction: mean over pairs of mean_i sum_c w_a,ic log w_v,ic. It is linear in w_a,
+        # so each predicting crop meets the sum of its targets once (DINO: 10 products, not 18).
+        sources: dict[int, list[int]] = {}
+        for a, v in pairs:
+            sources.setdefault(v, []).append(a)
+        target_sums: dict[tuple[int, ...], torch.Tensor] = {}
+        per_i = 0.0
+        for v, srcs in sources.items():
+            key = tuple(sorted(srcs))
+            if key not in target_sums:
+                target_sums[key] = functools.reduce(torch.add, [w[a] for a in key])
+            per_i = per_i + (target_sums[key] * log_w[v]).sum(dim=1)
+        per_i = per_i / len(pairs)
+        rec = dist.global_mean(per_i) if distributed else per_i.mean()
+
+        # entropy: mean over pairs of the plug-in entropy of crop a's batch-mean assignment; the
+        # batch mean is a probability vector, so discrete_entropy of that one row checks K numbers,
+        # not N x K
+        counts = collections.Counter(a for a, _ in pairs)
+        h = 0.0
+        for a, n in counts.items():
+            probs = w[a] if entropy_branch == "target" else log_w[a].exp()
+            pbar = dist.global_mean(probs) if distributed else probs.mean(dim=0)
+            h = h + n * entropy.discrete_entropy(pbar[None]).to(rec.dtype)
+        h = h / len(pairs)
     return ERTerms(h + rec, h, rec)
 
 

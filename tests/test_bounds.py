@@ -325,6 +325,90 @@ def test_er_bound_discrete_closed_forms():
     assert bounds.er_bound_discrete(collapsed, collapsed, temperature=0.3).bound.item() == pytest.approx(0.0, abs=1e-12)
 
 
+# ----------------------------------------------------------------------------- ER (discrete, multi-crop)
+
+
+def _multicrop_loop(preds, targets, pairs, tau, tau_t, entropy_branch):
+    """The multi-crop bound as a loop of one-direction er_bound_discrete calls, one per pair."""
+    terms = [
+        bounds.er_bound_discrete(
+            preds[v], targets[a], temperature=tau, target_temperature=tau_t, symmetric=False
+        )
+        for a, v in pairs
+    ]
+    rec = torch.stack([t.reconstruction for t in terms]).mean()
+    if entropy_branch == "target":
+        h = torch.stack([t.entropy for t in terms]).mean()
+    else:
+        h = torch.stack([entropy.discrete_entropy(torch.softmax(preds[a] / tau, 1)) for a, _ in pairs]).mean()
+    return h, rec
+
+
+def _default_pairs(n_targets, n_crops):
+    return [(a, v) for a in range(n_targets) for v in range(n_crops) if v != a]
+
+
+@pytest.mark.parametrize(
+    "n_targets, n_crops, pairs",
+    [
+        (1, 2, None),
+        (2, 3, None),
+        (2, 10, None),  # DINO's multi-crop: 18 pairs
+        (3, 4, [(0, 1), (0, 1), (2, 0), (1, 3), (2, 2)]),  # explicit, with a repeated pair and a == v
+    ],
+)
+@pytest.mark.parametrize("shared", [False, True])  # targets are the predicting crops' own logits (SwAV)
+@pytest.mark.parametrize("target_temperature", [None, 0.04])
+@pytest.mark.parametrize("entropy_branch", ["target", "prediction"])
+def test_er_bound_discrete_multicrop_equals_loop_of_pairs(
+    n_targets, n_crops, pairs, shared, target_temperature, entropy_branch
+):
+    n, k, tau = 7, 6, 0.3
+    preds = [(2 * _randn(n, k, seed=70 + i)).requires_grad_() for i in range(n_crops)]
+    targets = preds[:n_targets] if shared else [_randn(n, k, seed=90 + a).requires_grad_() for a in range(n_targets)]
+    terms = bounds.er_bound_discrete_multicrop(
+        preds, targets, pairs, temperature=tau, target_temperature=target_temperature, entropy_branch=entropy_branch
+    )
+    leaves = preds + ([] if shared else targets)
+    grads = torch.autograd.grad(terms.bound, leaves, allow_unused=True, materialize_grads=True)
+    pairs = _default_pairs(n_targets, n_crops) if pairs is None else pairs
+    h, rec = _multicrop_loop(preds, targets, pairs, tau, target_temperature or tau, entropy_branch)
+    expected_grads = torch.autograd.grad(h + rec, leaves, allow_unused=True, materialize_grads=True)
+    assert terms.entropy.item() == pytest.approx(h.item(), rel=1e-12)
+    assert terms.reconstruction.item() == pytest.approx(rec.item(), rel=1e-12)
+    assert terms.bound.item() == pytest.approx((h + rec).item(), rel=1e-12)
+    for g, ge in zip(grads, expected_grads):
+        torch.testing.assert_close(g, ge, rtol=1e-10, atol=1e-14)
+
+
+def test_er_bound_discrete_multicrop_float32_dino_sized():
+    """float32, K = 4096, 2 teacher and 10 student crops: the per-crop path agrees to float32 rounding."""
+    n, k = 16, 4096
+    preds = [(3 * _randn(n, k, seed=110 + i, dtype=torch.float32)) for i in range(10)]
+    targets = [(3 * _randn(n, k, seed=130 + a, dtype=torch.float32)) for a in range(2)]
+    for branch in ("target", "prediction"):
+        terms = bounds.er_bound_discrete_multicrop(
+            preds, targets, temperature=0.1, target_temperature=0.04, entropy_branch=branch
+        )
+        h, rec = _multicrop_loop(preds, targets, _default_pairs(2, 10), 0.1, 0.04, branch)
+        assert terms.entropy.dtype == torch.float32
+        assert terms.entropy.item() == pytest.approx(h.item(), rel=1e-5)
+        assert terms.reconstruction.item() == pytest.approx(rec.item(), rel=1e-5)
+
+
+def test_er_bound_discrete_multicrop_closed_form_and_symmetric_case():
+    # two crops, pairs both ways: the symmetric er_bound_discrete
+    l1, l2 = _randn(9, 5, seed=150), _randn(9, 5, seed=151)
+    sym = bounds.er_bound_discrete(l1, l2, temperature=0.5, target_temperature=0.2)
+    multi = bounds.er_bound_discrete_multicrop([l1, l2], [l1, l2], temperature=0.5, target_temperature=0.2)
+    assert multi.bound.item() == pytest.approx(sym.bound.item(), rel=1e-12)
+    assert multi.entropy.item() == pytest.approx(sym.entropy.item(), rel=1e-12)
+    # every crop collapsed onto one assignment w: H(w) - H(w) = 0 over every pair
+    collapsed = _randn(1, 8, seed=152).expand(6, 8)
+    terms = bounds.er_bound_discrete_multicrop([collapsed] * 5, [collapsed] * 2, temperature=0.3)
+    assert terms.bound.item() == pytest.approx(0.0, abs=1e-12)
+
+
 # ----------------------------------------------------------------------------- alignment and uniformity
 
 
@@ -392,6 +476,18 @@ def _gradcheck_cases():
         ),
         "er_gaussian": (lambda a, b: bounds.er_bound(a, b, kernel="gaussian", bandwidth=0.8).bound, (z(28), z(29))),
         "er_discrete": (lambda a, b: bounds.er_bound_discrete(a, b, temperature=0.7).bound, (z(30, 5, 4), z(31, 5, 4))),
+        "er_discrete_multicrop": (
+            lambda a, b, c: bounds.er_bound_discrete_multicrop(
+                [a, b, c], [a, b], temperature=0.7, target_temperature=0.3
+            ).bound,
+            (z(45, 5, 4), z(46, 5, 4), z(47, 5, 4)),
+        ),
+        "er_discrete_multicrop_prediction_entropy": (
+            lambda a, b, c, t: bounds.er_bound_discrete_multicrop(
+                [a, b, c], [t], temperature=0.7, entropy_branch="prediction"
+            ).bound,
+            (z(48, 5, 4), z(49, 5, 4), z(50, 5, 4), z(51, 5, 4)),
+        ),
         "er_discrete_asym": (
             lambda a, b: bounds.er_bound_discrete(a, b, temperature=0.7, target_temperature=0.3, symmetric=False).bound,
             (z(32, 5, 4), z(33, 5, 4)),
@@ -420,6 +516,10 @@ def _bf16_cases():
         "er_vmf_plugin": (lambda a, b: bounds.er_bound(a, b, kappa=10.0, estimator="plugin").bound, 2),
         "er_gaussian": (lambda a, b: bounds.er_bound(a, b, kernel="gaussian", bandwidth=0.3).bound, 2),
         "er_discrete": (lambda a, b: bounds.er_bound_discrete(a, b, temperature=0.01).bound, 2),
+        "er_discrete_multicrop": (
+            lambda a, b, c: bounds.er_bound_discrete_multicrop([a, b, c], [a, b], temperature=0.01).bound,
+            3,
+        ),
         "alignment": (bounds.alignment, 2),
         "uniformity": (bounds.uniformity, 1),
         "nt_xent": (lambda a, b: losses.nt_xent(a, b, temperature=0.01), 2),
@@ -486,6 +586,22 @@ _INF = _A.masked_fill(_A > 0, float("inf"))
         (lambda: bounds.er_bound_discrete(_A, _B[:, :2]), ValueError, "logits1 and logits2"),
         (lambda: bounds.er_bound_discrete(_A[:1], _B[:1]), ValueError, "logits1"),
         (lambda: bounds.er_bound_discrete(_A, _INF), ValueError, "logits2"),
+        (lambda: bounds.er_bound_discrete_multicrop(_A, [_B]), TypeError, "logits"),
+        (lambda: bounds.er_bound_discrete_multicrop([_A, _B], []), TypeError, "target_logits"),
+        (lambda: bounds.er_bound_discrete_multicrop([_A, _B[:, :2]], [_A]), ValueError, r"logits\[0\] and logits\[1\]"),
+        (lambda: bounds.er_bound_discrete_multicrop([_A, _B], [_A[:, :2]]), ValueError, "target_logits"),
+        (lambda: bounds.er_bound_discrete_multicrop([_A, _INF], [_A]), ValueError, r"logits\[1\]"),
+        (lambda: bounds.er_bound_discrete_multicrop([_A[:1], _B[:1]], [_A[:1]]), ValueError, r"logits\[0\]"),
+        (lambda: bounds.er_bound_discrete_multicrop([_A, _B], [_A], pairs=[]), ValueError, "pairs"),
+        (lambda: bounds.er_bound_discrete_multicrop([_A, _B], [_A], pairs=[(1, 0)]), ValueError, "pairs"),
+        (lambda: bounds.er_bound_discrete_multicrop([_A, _B], [_A], pairs=[(0, 2)]), ValueError, "pairs"),
+        (lambda: bounds.er_bound_discrete_multicrop([_A, _B], [_A], pairs=[(0, 1, 2)]), ValueError, "pairs"),
+        (lambda: bounds.er_bound_discrete_multicrop([_A], [_A, _B], pairs=[(1, 0)], entropy_branch="prediction"),
+         ValueError, "entropy_branch"),
+        (lambda: bounds.er_bound_discrete_multicrop([_A, _B], [_A], entropy_branch="both"), ValueError, "entropy_branch"),
+        (lambda: bounds.er_bound_discrete_multicrop([_A, _B], [_A], temperature=0.0), ValueError, "temperature"),
+        (lambda: bounds.er_bound_discrete_multicrop([_A, _B], [_A], target_temperature=0.0), ValueError,
+         "target_temperature"),
         (lambda: bounds.alignment(_A, _B, alpha=0.0), ValueError, "alpha"),
         (lambda: bounds.alignment(_A, _B[:3]), ValueError, "z1 and z2"),
         (lambda: bounds.uniformity(_A, t=0.0), ValueError, "t"),

@@ -77,6 +77,18 @@ CASES = {
         lambda: [_batch(14), _batch(15)],
         lambda a, b, distributed: bounds.er_bound_discrete(a, b, temperature=0.5, distributed=distributed).bound,
     ),
+    "er_discrete_multicrop": (
+        lambda: [_batch(16), _batch(17), _batch(18)],
+        lambda a, b, c, distributed: bounds.er_bound_discrete_multicrop(
+            [a, b, c], [a, b], temperature=0.5, target_temperature=0.2, distributed=distributed
+        ).bound,
+    ),
+    "er_discrete_multicrop_prediction_entropy": (
+        lambda: [_batch(19), _batch(20), _batch(21), _batch(22)],
+        lambda a, b, c, t, distributed: bounds.er_bound_discrete_multicrop(
+            [a, b, c], [t], temperature=0.5, entropy_branch="prediction", distributed=distributed
+        ).bound,
+    ),
 }
 
 

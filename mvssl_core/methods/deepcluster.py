@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvssl_core import _checks as checks
-from mvssl_core import dist
+from mvssl_core import bounds, dist
 from mvssl_core.heads import (
     DEEPCLUSTER_PROJECTOR,
     DEEPCLUSTER_PROTOTYPES,
@@ -33,7 +33,6 @@ from mvssl_core.methods.step import (
     projection_metrics,
     report,
 )
-from mvssl_core.methods.swav import discrete_er_over_crops
 
 __all__ = ["DeepCluster"]
 
@@ -57,7 +56,7 @@ class DeepCluster(nn.Module):
 
     ER variant (``er=True``, [1]): the loss is minus the discrete ER bound on the soft assignments
     ``softmax(scores / tau)`` over the crop pairs (global target crop, other crop), for each
-    prototype set (:func:`mvssl_core.methods.swav.discrete_er_over_crops`); the memory bank and the
+    prototype set (:func:`mvssl_core.bounds.er_bound_discrete_multicrop`); the memory bank and the
     k-means re-initialisation of the prototypes each epoch stay as they are, the hard k-means
     targets are not used. It trains from the first step.
 
@@ -163,14 +162,20 @@ class DeepCluster(nn.Module):
         scores = self.prototypes(z)
         extra = {}
         if self.er:
-            terms = [
-                discrete_er_over_crops(
-                    list(s.chunk(n_crops)), g, self.temperature, self.target_temperature, self.distributed
+            terms = []
+            for s in scores:
+                crops = list(s.chunk(n_crops))
+                terms.append(
+                    bounds.er_bound_discrete_multicrop(
+                        crops,
+                        crops[:g],
+                        temperature=self.temperature,
+                        target_temperature=self.target_temperature,
+                        distributed=self.distributed,
+                    )
                 )
-                for s in scores
-            ]
-            h = torch.stack([t[0] for t in terms]).mean()
-            rec = torch.stack([t[1] for t in terms]).mean()
+            h = torch.stack([t.entropy for t in terms]).mean()
+            rec = torch.stack([t.reconstruction for t in terms]).mean()
             loss = -(h + rec)
             extra = {"loss_entropy": h, "loss_reconstruction": rec}
         elif self.clustered:

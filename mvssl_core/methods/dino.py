@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from mvssl_core import _checks as checks
-from mvssl_core import bounds, entropy
+from mvssl_core import bounds
 from mvssl_core.ema import cosine_momentum, ema_update_, frozen_copy
 from mvssl_core.heads import DINO_HEAD, DINOHead, DINOHeadSpec
 from mvssl_core.losses import DINOCenter, dino_loss, teacher_temperature
@@ -38,7 +38,7 @@ class DINO(nn.Module):
     (30 of 300 epochs) and the centre updated from the teacher outputs of every step (momentum 0.9).
 
     ER variant (``er=True``, [1]): the loss is minus the discrete ER bound over the same crop
-    pairs, ``-(H + mean_{pairs} sum_k w_t log w_s)`` with ``w_t = softmax(t / tau_t)`` (teacher,
+    pairs (:func:`mvssl_core.bounds.er_bound_discrete_multicrop`), ``-(H + mean_{pairs} sum_k w_t log w_s)`` with ``w_t = softmax(t / tau_t)`` (teacher,
     stop-gradient) and ``log w_s = log_softmax(s / tau_s)``. Open choices, as parameters: the
     entropy is that of the batch-mean *student* assignments ``softmax(s / tau_s)`` of the global
     crops (``entropy_branch="student"``; the teacher's gets no gradient, ``"teacher"`` keeps it
@@ -118,30 +118,15 @@ class DINO(nn.Module):
         center = self.center.center.clone() if self.centering else torch.zeros_like(self.center.center)
         extra = {}
         if self.er:
-            recs, target_h = [], []
-            for a, t in enumerate(teacher):
-                for v, s in enumerate(student):
-                    if v != a:
-                        er = bounds.er_bound_discrete(
-                            s,
-                            t - center,
-                            temperature=tau_s,
-                            target_temperature=tau_t,
-                            symmetric=False,
-                            distributed=self.distributed,
-                        )
-                        recs.append(er.reconstruction)
-                        target_h.append(er.entropy)
-            rec = torch.stack(recs).mean()
-            if self.entropy_branch == "student":
-                h = torch.stack(
-                    [
-                        entropy.discrete_entropy(torch.softmax(s.float() / tau_s, dim=1), self.distributed)
-                        for s in student[:g]
-                    ]
-                ).mean()
-            else:
-                h = torch.stack(target_h).mean()
+            er = bounds.er_bound_discrete_multicrop(
+                student,
+                [t - center for t in teacher] if self.centering else teacher,
+                temperature=tau_s,
+                target_temperature=tau_t,
+                entropy_branch="prediction" if self.entropy_branch == "student" else "target",
+                distributed=self.distributed,
+            )
+            h, rec = er.entropy, er.reconstruction
             loss = -(h + rec)
             extra = {"loss_entropy": h, "loss_reconstruction": rec}
         else:

@@ -26,39 +26,7 @@ from mvssl_core.methods.step import (
     report,
 )
 
-__all__ = ["SwAV", "discrete_er_over_crops"]
-
-
-def discrete_er_over_crops(
-    scores: list[torch.Tensor],
-    n_targets: int,
-    temperature: float,
-    target_temperature: float | None,
-    distributed: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean discrete ER terms over the crop pairs (target crop a < n_targets, predicting crop v != a).
-
-    Each pair is :func:`mvssl_core.bounds.er_bound_discrete` (one direction: entropy of crop a's
-    batch-mean assignment, cross-entropy from crop v's); gradients flow into both crops.
-
-    Returns:
-        ``(entropy, reconstruction)``, 0-dim tensors in nats.
-    """
-    hs, recs = [], []
-    for a in range(n_targets):
-        for v, s in enumerate(scores):
-            if v != a:
-                er = bounds.er_bound_discrete(
-                    s,
-                    scores[a],
-                    temperature=temperature,
-                    target_temperature=target_temperature,
-                    symmetric=False,
-                    distributed=distributed,
-                )
-                hs.append(er.entropy)
-                recs.append(er.reconstruction)
-    return torch.stack(hs).mean(), torch.stack(recs).mean()
+__all__ = ["SwAV"]
 
 
 class SwAV(nn.Module):
@@ -72,7 +40,7 @@ class SwAV(nn.Module):
 
     ER variant (``er=True``, [1]): the Sinkhorn codes and the swapped prediction are replaced by
     minus the discrete ER bound on the soft assignments ``softmax(scores / tau)`` over the same crop
-    pairs (:func:`discrete_er_over_crops`): the entropy of the batch-mean assignment of each global
+    pairs (:func:`mvssl_core.bounds.er_bound_discrete_multicrop`): the entropy of the batch-mean assignment of each global
     crop takes the place of the equipartition constraint. Open choice, as a parameter: the target
     temperature (None: the same tau as the prediction). No queue is used by the ER loss.
 
@@ -146,7 +114,14 @@ class SwAV(nn.Module):
         crops, zs = list(scores.chunk(n_crops)), z.chunk(n_crops)
         extra = {}
         if self.er:
-            h, rec = discrete_er_over_crops(crops, g, self.temperature, self.target_temperature, self.distributed)
+            er = bounds.er_bound_discrete_multicrop(
+                crops,
+                crops[:g],
+                temperature=self.temperature,
+                target_temperature=self.target_temperature,
+                distributed=self.distributed,
+            )
+            h, rec = er.entropy, er.reconstruction
             loss = -(h + rec)
             extra = {"loss_entropy": h, "loss_reconstruction": rec}
         else:
