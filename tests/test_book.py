@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import jupytext
-import nbclient
+from _chapters import execute
 import pytest
 import yaml
 
@@ -68,14 +68,7 @@ def test_there_are_chapters_to_run():
 @pytest.mark.parametrize("path", CHAPTERS, ids=[str(p.relative_to(ROOT)) for p in CHAPTERS])
 def test_chapter_executes_without_errors(path: Path):
     nb = jupytext.read(path)
-    client = nbclient.NotebookClient(
-        nb,
-        timeout=300,
-        kernel_name="python3",
-        allow_errors=False,
-        resources={"metadata": {"path": str(path.parent)}},
-    )
-    client.execute()  # raises CellExecutionError, naming the cell, on the first failing cell
+    execute(nb, path.parent)  # raises CellExecutionError, naming the cell, on the first failing cell
     errors = [
         output
         for cell in nb.cells

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import jupytext
-import nbclient
+from _chapters import execute
 import nbformat
 
 CHAPTER = Path(__file__).resolve().parents[1] / "book" / "bounds.md"
@@ -68,11 +68,4 @@ def test_bounds_chapter_widget_and_identities():
     nb = jupytext.read(CHAPTER)
     nb.cells.append(nbformat.v4.new_code_cell(WIDGET_CHECKS))
     nb.cells.append(nbformat.v4.new_code_cell(IDENTITY_CHECKS))
-    client = nbclient.NotebookClient(
-        nb,
-        timeout=300,
-        kernel_name="python3",
-        allow_errors=False,
-        resources={"metadata": {"path": str(CHAPTER.parent)}},
-    )
-    client.execute()  # raises CellExecutionError, with the failing assert, on the first failure
+    execute(nb, CHAPTER.parent)  # raises CellExecutionError, with the failing assert, on the first failure

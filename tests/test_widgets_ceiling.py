@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import jupytext
-import nbclient
+from _chapters import execute
 import nbformat
 import pytest
 
@@ -114,13 +114,7 @@ def executed() -> nbformat.NotebookNode:
         cell = nbformat.v4.new_code_cell(source)
         cell.metadata["tags"] = [f"check:{name}"]
         nb.cells.append(cell)
-    nbclient.NotebookClient(
-        nb,
-        timeout=300,
-        kernel_name="python3",
-        allow_errors=True,  # run every check cell; each test reads its own cell's outputs
-        resources={"metadata": {"path": str(CHAPTER.parent)}},
-    ).execute()
+    execute(nb, CHAPTER.parent, allow_errors=True)  # run every check cell; each test reads its own
     return nb
 
 

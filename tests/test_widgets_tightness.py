@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import jupytext
-import nbclient
+from _chapters import execute
 import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,10 +55,6 @@ print("WIDGET CHECKS PASSED")
 def test_tightness_view_callback():
     nb = jupytext.read(CHAPTER)
     nb.cells.append(nbformat.v4.new_code_cell(CHECKS))
-    client = nbclient.NotebookClient(
-        nb, timeout=300, kernel_name="python3", allow_errors=False,
-        resources={"metadata": {"path": str(CHAPTER.parent)}},
-    )
-    client.execute()
+    execute(nb, CHAPTER.parent)
     out = "".join(o.get("text", "") for o in nb.cells[-1].get("outputs", []) if o.get("output_type") == "stream")
     assert "WIDGET CHECKS PASSED" in out
