@@ -12,6 +12,12 @@ Evaluate a checkpoint's encoder (kNN and linear probe on frozen features)::
 
     python -m mvssl_core evaluate --checkpoint runs/byol_er/checkpoint.pt [--data digits] [--results out.json]
 
+The linear-evaluation protocol on a finished run (100 epochs of SGD on a linear head over the frozen
+encoder's features of augmented images; top-1 and top-5 written into the run's results file, and into
+its ``results_file`` when the run has one; one process or all of them under torchrun)::
+
+    python -m mvssl_core linear-eval runs/byol_er [--set data.root=/data/imagenet] [--epochs 100]
+
 Errors in the arguments, the configuration, the data or a checkpoint end the program with a one-line
 message and exit status 2.
 """
@@ -46,7 +52,7 @@ _FLAGS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mvssl_core", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{pretrain,evaluate}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{pretrain,evaluate,linear-eval}")
 
     p = sub.add_parser("pretrain", help="pre-train a method (CPU, or several processes under torchrun)")
     p.add_argument("--config", help="YAML file of config keys (see mvssl_core/config.py)")
@@ -67,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    p.add_argument("--stop-after", type=int, metavar="STEPS",
+                   help="stop once STEPS steps are done, as a pre-emption would (without the final checkpoint "
+                        "and results; to test resuming)")
 
     e = sub.add_parser("evaluate", help="kNN and linear probe of a checkpoint's frozen encoder")
     e.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by pretrain")
@@ -76,6 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config key of the run (e.g. eval.k=10, data.root=/data)")
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     e.add_argument("--results", help="also write a results file (JSON) here")
+
+    le = sub.add_parser("linear-eval", help="linear-evaluation protocol on a finished run; top-1/top-5 into its results")
+    le.add_argument("run", metavar="RUN_DIR", help="the run's folder (holds checkpoint.pt and results.json)")
+    le.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key of the run (e.g. data.root=/data/imagenet, num_workers=8)")
+    le.add_argument("--epochs", type=int, help="epochs of the linear head (default 100)")
+    le.add_argument("--batch-size", type=int, help="the global batch (default 1024)")
+    le.add_argument("--lr", type=float, help="base learning rate, scaled by batch/256 (default 0.1)")
+    le.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    le.add_argument("--quiet", action="store_true", help="no line per epoch")
     return parser
 
 
@@ -111,7 +130,9 @@ def _pretrain(args: argparse.Namespace, command: str) -> int:
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
-    record = train_mod.train(cfg, resume=args.resume, command=command)
+    if args.stop_after is not None and args.stop_after < 1:
+        raise ConfigError(f"--stop-after must be >= 1, got {args.stop_after}")
+    record = train_mod.train(cfg, resume=args.resume, stop_after=args.stop_after, command=command)
     if record is not None:
         final = record["metrics"]["final"]
         print(json.dumps({"run": str(cfg.run_dir()), **final}))
@@ -122,7 +143,6 @@ def _evaluate(args: argparse.Namespace, command: str) -> int:
     import torch
 
     from mvssl_core import results
-    from mvssl_core.backbones import build_backbone
     from mvssl_core.config import apply_overrides
     from mvssl_core.train import Runtime, checkpoint_config, evaluate_run, load_checkpoint
 
@@ -134,13 +154,7 @@ def _evaluate(args: argparse.Namespace, command: str) -> int:
     if args.size is not None:
         extra.append(f"data.size={args.size}")
     cfg = validate(from_dict(RunConfig, apply_overrides(values, extra)))
-    backbone, _ = build_backbone(cfg.model.backbone, **cfg.model.kwargs)
-    prefix = "backbone."
-    weights = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
-    try:
-        backbone.load_state_dict(weights)
-    except RuntimeError as e:
-        raise ConfigError(f"{args.checkpoint}: its encoder does not match model={cfg.model}: {str(e)[:300]}") from None
+    backbone, _ = _load_backbone(state, cfg, args.checkpoint)
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if cuda else "cpu")
     backbone.to(device)
@@ -161,6 +175,85 @@ def _evaluate(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
+def _load_backbone(state: dict, cfg: RunConfig, source: object):
+    """The checkpoint's encoder (``build_backbone`` of the run's model, loaded with its weights) and its feature size."""
+    from mvssl_core.backbones import build_backbone
+
+    backbone, feature_dim = build_backbone(cfg.model.backbone, **cfg.model.kwargs)
+    prefix = "backbone."
+    weights = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
+    try:
+        backbone.load_state_dict(weights)
+    except RuntimeError as e:
+        raise ConfigError(f"{source}: its encoder does not match model={cfg.model}: {str(e)[:300]}") from None
+    return backbone, feature_dim
+
+
+def _linear_eval(args: argparse.Namespace, command: str) -> int:
+    from pathlib import Path
+
+    import torch
+    import torch.distributed as torch_dist
+
+    from mvssl_core import results
+    from mvssl_core.config import apply_overrides
+    from mvssl_core.evaluate import linear_eval, linear_eval_train_transform
+    from mvssl_core.train import (
+        CHECKPOINT_NAME,
+        RESULTS_NAME,
+        _init_runtime,
+        _n_classes,
+        build_eval_sets,
+        checkpoint_config,
+        load_checkpoint,
+    )
+    from mvssl_core.views import IMAGENET_NORMALIZE
+
+    run = Path(args.run)
+    ckpt, res_path = run / CHECKPOINT_NAME, run / RESULTS_NAME
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"{run} holds no {CHECKPOINT_NAME}; pass the folder of a pre-training run")
+    if not res_path.is_file():
+        raise FileNotFoundError(f"{run} holds no {RESULTS_NAME}: its pre-training has not finished (resume it first)")
+    results.load_results(res_path)  # a broken results file fails now, not after 100 epochs
+    state = load_checkpoint(ckpt)
+    values = to_dict(checkpoint_config(state, str(ckpt)))
+    cfg = validate(from_dict(RunConfig, apply_overrides(values, [*args.overrides, f"device={args.device}"])))
+    protocol = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr))
+                if v is not None}
+    rt = _init_runtime(cfg)
+    try:
+        backbone, feature_dim = _load_backbone(state, cfg, ckpt)
+        del state
+        backbone.to(rt.device)
+        if rt.channels_last:
+            backbone.to(memory_format=torch.channels_last)
+        normalize = cfg.data.view_kwargs.get("normalize", IMAGENET_NORMALIZE)
+        train_set, val_set = build_eval_sets(
+            cfg, train_transform=linear_eval_train_transform(cfg.data.size, normalize=normalize))
+        main_rank = rt.rank == 0
+
+        def _log(row: dict) -> None:
+            if main_rank and not args.quiet:
+                print(json.dumps({"linear_eval": row}), file=sys.stderr, flush=True)
+
+        out = linear_eval(backbone, train_set, val_set, n_classes=_n_classes(train_set), feature_dim=feature_dim,
+                          device=rt.device, num_workers=cfg.num_workers, bf16=rt.bf16,
+                          channels_last=rt.channels_last, seed=cfg.seed, log=_log, **protocol)
+    finally:
+        if rt.owns_group and torch_dist.is_initialized():
+            torch_dist.destroy_process_group()
+    if rt.rank != 0:
+        return 0
+    record = results.load_results(res_path)
+    record["metrics"]["linear_eval"] = {**out, "data_root": cfg.data.root, "provenance": results.provenance(command)}
+    results.write_results(res_path, record)
+    if cfg.results_file is not None:
+        results.write_results(cfg.results_file, record)
+    print(json.dumps({"run": str(run), "top1": out["top1"], "top5": out["top5"]}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -173,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "pretrain":
             return _pretrain(args, command)
+        if args.command == "linear-eval":
+            return _linear_eval(args, command)
         return _evaluate(args, command)
     except (ConfigError, CheckpointError, ResultsError, FileNotFoundError, FileExistsError) as e:
         print(f"{parser.prog} {args.command}: error: {e}", file=sys.stderr)

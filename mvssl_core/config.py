@@ -174,6 +174,8 @@ class RunConfig:
         log_every: write a metrics line every this many steps (and at the last step).
         checkpoint_every: write the checkpoint every this many steps (0: only at the end).
         out: the run's folder (None: ``runs/<method>-<data>-s<seed>``).
+        results_file: also write the results record here (e.g. ``results/imagenet/<run>.json``, where
+            the book reads it), besides ``<out>/results.json``.
         progress: show a progress bar (rank 0).
     """
 
@@ -196,6 +198,7 @@ class RunConfig:
     log_every: int = 10
     checkpoint_every: int = 1000
     out: str | None = None
+    results_file: str | None = None
     progress: bool = True
 
     def run_dir(self) -> Path:

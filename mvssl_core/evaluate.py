@@ -8,16 +8,24 @@
   layer trained with the standard recipe (SGD with momentum 0.9 or LARS, cosine learning rate,
   mini-batches of 256) [1].
 - :func:`extract_features` runs an encoder over a data set (eval mode, no gradient).
+- :func:`linear_eval` is the standard linear-evaluation protocol [1, 2]: a linear classifier on the
+  frozen encoder's features of *augmented* images (random resized crop + horizontal flip; the
+  validation images resized and centre-cropped), trained for 100 epochs of SGD with Nesterov momentum
+  and a cosine learning rate, scored by top-1 and top-5 accuracy. It runs on one process or, under
+  ``torchrun``, on all of them (each rank encodes its slice of the global batch; the head's gradients
+  are averaged), which is what ``scripts/linear_eval.sh`` launches.
 
 [0] Caron et al., "Emerging Properties in Self-Supervised Vision Transformers" (DINO), ICCV 2021,
     Sec. 4.1 and its ``eval_knn.py``.
 [1] Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations", ICML 2020,
     Appendix B.6 (linear evaluation).
+[2] Grill et al., "Bootstrap Your Own Latent", NeurIPS 2020, Appendix C.1 (linear evaluation on ImageNet).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
 
 import numpy as np
@@ -28,7 +36,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from mvssl_core import _checks
 
-__all__ = ["extract_features", "knn_classify", "knn_accuracy", "linear_probe", "SKLEARN_MAX_SAMPLES"]
+__all__ = [
+    "extract_features",
+    "knn_classify",
+    "knn_accuracy",
+    "linear_probe",
+    "linear_eval",
+    "linear_eval_train_transform",
+    "topk_correct",
+    "SKLEARN_MAX_SAMPLES",
+]
 
 SKLEARN_MAX_SAMPLES = 20_000
 """``linear_probe(backend="auto")`` uses scikit-learn up to this many training samples, torch beyond."""
@@ -276,3 +293,175 @@ def evaluate_backbone(
         out["linear_train_top1"] = probe["train_top1"]
     return out
 
+
+
+# ------------------------------------------------------------------------------------------------
+# the linear-evaluation protocol on augmented images
+
+
+def linear_eval_train_transform(size: int, *, normalize=None):
+    """The protocol's training view [1, 2]: random resized crop (scale 0.08-1) + horizontal flip, normalised."""
+    from mvssl_core.views import IMAGENET_NORMALIZE, view_transform
+
+    return view_transform(size, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=0.0,
+                          normalize=IMAGENET_NORMALIZE if normalize is None else normalize)
+
+
+def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
+    """How many rows of ``logits`` (N, C) have their label among the k largest, for each k (k > C counts as C)."""
+    if logits.dim() != 2 or labels.shape != (logits.shape[0],):
+        raise ValueError(f"logits must be (N, C) and labels (N,), got {tuple(logits.shape)} and {tuple(labels.shape)}")
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices  # (N, kmax), best first
+    hit = top == labels[:, None]
+    return [int(hit[:, : min(k, logits.shape[1])].any(dim=1).sum()) for k in ks]
+
+
+def linear_eval(
+    backbone: nn.Module,
+    train_set: Dataset,
+    val_set: Dataset,
+    *,
+    n_classes: int,
+    feature_dim: int,
+    epochs: int = 100,
+    batch_size: int = 1024,
+    lr: float = 0.1,
+    scale_lr: bool = True,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+    bf16: bool = False,
+    channels_last: bool = False,
+    seed: int = 0,
+    log: Callable[[dict], None] | None = None,
+) -> dict:
+    """Train a linear head on the frozen encoder's features of augmented images; top-1 and top-5 on ``val_set``.
+
+    The protocol of [1, 2]: the backbone in eval mode (BatchNorm running statistics) and without
+    gradients; a linear layer (weights N(0, 0.01), bias 0) trained with cross-entropy by SGD with
+    Nesterov momentum, the learning rate ``lr * batch_size / 256`` (``scale_lr``) annealed on a cosine
+    to 0 over ``epochs`` epochs, no weight decay. ``train_set`` should yield augmented images
+    (:func:`linear_eval_train_transform`), ``val_set`` centre crops (:func:`mvssl_core.views.eval_transform`).
+
+    Under an initialised process group each rank encodes its slice of every global batch of
+    ``batch_size`` (:class:`mvssl_core.train.GlobalBatchSampler`), the head's gradients are averaged
+    over the ranks, and the validation set is split between the ranks with the counts summed, so
+    every rank returns the same numbers. The incomplete last batch of each (shuffled) epoch is dropped.
+
+    Args:
+        backbone: encoder mapping images to (N, feature_dim) features (left unchanged).
+        train_set, val_set: items ``(image, label)``, labels in [0, n_classes).
+        n_classes, feature_dim: the head's shape.
+        epochs, batch_size (global), lr, scale_lr, momentum, weight_decay: the recipe.
+        device, num_workers, bf16, channels_last: where and how the encoder runs.
+        seed: seeds the head's initialisation, the data order and the augmentations.
+        log: called with a dict after every epoch (rank 0 may print it).
+
+    Returns:
+        ``{"top1", "top5", "train_top1", "train_loss"}`` (fractions in [0, 1]; train on augmented
+        images, last epoch) and the recipe (``epochs``, ``batch_size``, ``lr``, ``n_train``,
+        ``n_val``, ``world_size``).
+    """
+    import torch.distributed as torch_dist
+
+    from mvssl_core import dist
+    from mvssl_core.optim import scaled_lr, warmup_cosine
+    from mvssl_core.train import GlobalBatchSampler
+
+    _checks.positive_int(n_classes, "n_classes", minimum=2)
+    _checks.positive_int(feature_dim, "feature_dim")
+    _checks.positive_int(epochs, "epochs")
+    _checks.positive_int(batch_size, "batch_size")
+    _checks.positive(lr, "lr")
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+    device = torch.device(device)
+    world, rank = dist.world_size(), dist.rank()
+    sampler = GlobalBatchSampler(len(train_set), batch_size, world_size=world, rank=rank, seed=seed)
+    peak = scaled_lr(lr, batch_size) if scale_lr else float(lr)
+    total = epochs * sampler.steps_per_epoch
+
+    gen = torch.Generator().manual_seed(seed)
+    head = nn.Linear(feature_dim, n_classes)
+    with torch.no_grad():  # the same initialisation on every rank
+        head.weight.copy_(torch.randn(head.weight.shape, generator=gen) * 0.01)
+        head.bias.zero_()
+    head = head.to(device)
+    opt = torch.optim.SGD(head.parameters(), lr=peak, momentum=momentum, nesterov=momentum > 0,
+                          weight_decay=weight_decay)
+    was_training = backbone.training
+    grads_were = [p.requires_grad for p in backbone.parameters()]
+    backbone.eval().requires_grad_(False)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else nullcontext
+
+    def _features(images: torch.Tensor) -> torch.Tensor:
+        images = images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad(), autocast():
+            return backbone(images).float()
+
+    pin = device.type == "cuda"
+    torch.manual_seed(seed * 1000 + rank)  # augmentations in the main process; workers get the loader's seed
+    step, out = 0, {}
+    try:
+        for epoch in range(epochs):
+            sampler.set_epoch(epoch)
+            loader = DataLoader(train_set, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin,
+                                generator=torch.Generator().manual_seed(seed * 1000 + epoch * 10 + rank))
+            sums = torch.zeros(3, device=device)  # loss x n, correct, n
+            for images, labels in loader:
+                labels = labels.to(device, non_blocking=True)
+                for g in opt.param_groups:
+                    g["lr"] = warmup_cosine(step, total, 0, peak, 0.0)
+                logits = head(_features(images))
+                loss = F.cross_entropy(logits, labels)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if world > 1:  # the mean over the global batch: average the ranks' gradients
+                    for p in head.parameters():
+                        torch_dist.all_reduce(p.grad)
+                        p.grad /= world
+                opt.step()
+                step += 1
+                with torch.no_grad():
+                    sums += torch.stack([loss.detach() * labels.shape[0],
+                                         (logits.argmax(1) == labels).sum().float(),
+                                         torch.tensor(float(labels.shape[0]), device=device)])
+            if world > 1:
+                torch_dist.all_reduce(sums)
+            out = {"epoch": epoch + 1, "train_loss": float(sums[0] / sums[2]), "train_top1": float(sums[1] / sums[2])}
+            if log is not None:
+                log(out)
+
+        head.eval()
+        shard = torch.utils.data.Subset(val_set, list(range(rank, len(val_set), world)))
+        counts = torch.zeros(3, device=device)  # top-1 correct, top-5 correct, n
+        per_rank = max(1, batch_size // world)
+        for images, labels in DataLoader(shard, batch_size=per_rank, num_workers=num_workers, pin_memory=pin):
+            labels = labels.to(device, non_blocking=True)
+            with torch.no_grad():
+                c1, c5 = topk_correct(head(_features(images)), labels, (1, 5))
+            counts += torch.tensor([c1, c5, labels.shape[0]], dtype=torch.float32, device=device)
+        if world > 1:
+            torch_dist.all_reduce(counts)
+    finally:
+        backbone.train(was_training)
+        for p, g in zip(backbone.parameters(), grads_were):
+            p.requires_grad_(g)
+    n_val = int(counts[2])
+    if n_val == 0:
+        raise ValueError("val_set is empty")
+    return {
+        "top1": float(counts[0]) / n_val,
+        "top5": float(counts[1]) / n_val,
+        "train_top1": out["train_top1"],
+        "train_loss": out["train_loss"],
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": peak,
+        "n_train": sampler.steps_per_epoch * batch_size,
+        "n_val": n_val,
+        "world_size": world,
+    }

@@ -9,7 +9,7 @@
 - ``checkpoint.pt``: written atomically (temporary file + ``os.replace``) every
   ``checkpoint_every`` steps and at the end; loaded with ``torch.load(weights_only=True)``;
 - ``results.json`` (:mod:`mvssl_core.results`): method, config, data, seed, provenance, the metrics
-  over time and the final kNN / linear-probe accuracy.
+  over time and the final kNN / linear-probe accuracy (also written to ``cfg.results_file`` when set).
 
 Distributed runs. Under ``torchrun`` (``WORLD_SIZE > 1``) the process group is initialised with
 NCCL on GPU and gloo on CPU, the method is built with ``distributed=True`` (its coupled losses and
@@ -54,7 +54,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,7 +102,8 @@ CONFIG_NAME = "config.yaml"
 # recipe of each method family's views
 _METHOD_VIEWS = {"simclr": "simclr", "byol": "byol", "dino": "dino", "swav": "swav", "deepcluster": "deepcluster"}
 # configuration keys that may change on resume without changing the result
-_RESUMABLE_CHANGES = {"num_workers", "progress", "log_every", "checkpoint_every", "out", "device", "eval"}
+_RESUMABLE_CHANGES = {"num_workers", "progress", "log_every", "checkpoint_every", "out", "results_file", "device",
+                      "eval"}
 
 
 class CheckpointError(ValueError):
@@ -242,12 +243,16 @@ def _config_errors(key: str) -> Iterator[None]:
         raise ConfigError(f"{key}: {e}") from e
 
 
-def build_eval_sets(cfg: RunConfig, name: str | None = None) -> tuple[Dataset, Dataset]:
-    """The (train, test) sets of the offline evaluation, with the evaluation transform."""
+def build_eval_sets(cfg: RunConfig, name: str | None = None,
+                    train_transform: Callable | None = None) -> tuple[Dataset, Dataset]:
+    """The (train, test) sets of the offline evaluation, with the evaluation transform.
+
+    ``train_transform`` replaces it on the training split (the linear-evaluation protocol augments).
+    """
     t = eval_transform(cfg.data.size, normalize=cfg.data.view_kwargs.get("normalize", IMAGENET_NORMALIZE))
     kw = _dataset_kwargs(cfg)
     name = name or cfg.data.name
-    return (build_dataset(name, split=_split(cfg, "eval_train"), transform=t, **kw),
+    return (build_dataset(name, split=_split(cfg, "eval_train"), transform=t if train_transform is None else train_transform, **kw),
             build_dataset(name, split=_split(cfg, "eval"), transform=t, **kw))
 
 
@@ -760,4 +765,6 @@ def _write_results(cfg: RunConfig, run_dir: Path, final: dict, total: int, comma
         },
     }
     results.write_results(run_dir / RESULTS_NAME, record)
+    if cfg.results_file is not None:
+        results.write_results(cfg.results_file, record)
     return record

@@ -117,3 +117,89 @@ def test_extract_features_in_eval_mode_and_restores_mode():
     assert net.modes == [False, False, False] and net.training
     feats, _ = extract_features(net, data, batch_size=4, max_samples=6)
     assert feats.shape == (6, 3)
+
+
+# ------------------------------------------------------------------------------------------------
+# the linear-evaluation protocol (scripts/linear_eval.sh; end to end in tests/test_scripts.py)
+
+
+def test_topk_correct_counts_by_hand():
+    from mvssl_core.evaluate import topk_correct
+
+    logits = torch.tensor([[0.1, 0.5, 0.2, 0.0],    # order 1, 2, 0, 3
+                           [0.9, 0.0, 0.3, 0.4],    # order 0, 3, 2, 1
+                           [0.0, 0.1, 0.2, 0.3]])   # order 3, 2, 1, 0
+    labels = torch.tensor([1, 2, 0])
+    # top-1: row 0 only; top-2: rows 0; top-3: rows 0, 1; top-5 (> 4 classes): all
+    assert topk_correct(logits, labels, (1, 2, 3, 5)) == [1, 1, 2, 3]
+    with pytest.raises(ValueError, match="logits must be"):
+        topk_correct(logits[0], labels)
+
+
+class _ListSet(torch.utils.data.Dataset):
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], int(self.y[i])
+
+
+def _image_clusters(n_per_class, n_classes, seed):
+    feats, labels = _clusters(n_per_class, n_classes, 2 * 3 * 3, seed=0, spread=0.3)
+    feats = feats + 0.3 * torch.randn(feats.shape, generator=torch.Generator().manual_seed(seed))
+    return _ListSet(feats.reshape(-1, 2, 3, 3), labels)  # "images" of 2 x 3 x 3
+
+
+def test_linear_eval_learns_separable_classes_and_leaves_the_encoder_alone():
+    from mvssl_core.evaluate import linear_eval
+
+    backbone = nn.Sequential(nn.Flatten(), nn.BatchNorm1d(18))
+    backbone.train()
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    out = linear_eval(backbone, _image_clusters(16, 8, seed=1), _image_clusters(8, 8, seed=2), n_classes=8,
+                      feature_dim=18, epochs=30, batch_size=32, lr=1.0, seed=0)
+    assert out["top1"] == 1.0 and out["top5"] == 1.0 and out["train_top1"] > 0.9
+    assert out["n_val"] == 64 and out["n_train"] == 128 and out["world_size"] == 1
+    assert out["lr"] == pytest.approx(1.0 * 32 / 256)  # linear scaling rule
+    # frozen and in eval mode during the protocol (BatchNorm statistics untouched), restored after
+    assert backbone.training and all(p.requires_grad for p in backbone.parameters())
+    for k, v in backbone.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_linear_eval_random_labels_give_chance_top1_and_top5():
+    from mvssl_core.evaluate import linear_eval
+
+    g = torch.Generator().manual_seed(0)
+    train = _ListSet(torch.randn(256, 2, 3, 3, generator=g), torch.randint(0, 10, (256,), generator=g))
+    val = _ListSet(torch.randn(400, 2, 3, 3, generator=g), torch.randint(0, 10, (400,), generator=g))
+    out = linear_eval(nn.Flatten(), train, val, n_classes=10, feature_dim=18, epochs=5, batch_size=64, seed=0)
+    assert 0.0 <= out["top1"] < 0.25 and 0.3 < out["top5"] < 0.7  # chance: 0.1 and 0.5
+
+
+def test_linear_eval_train_transform_crops_and_flips_only():
+    from mvssl_core.evaluate import linear_eval_train_transform
+
+    t = linear_eval_train_transform(16, normalize=None)
+    names = [type(x).__name__ for x in t.transforms]
+    assert "RandomResizedCrop" in names and "RandomHorizontalFlip" in names
+    assert not {"ColorJitter", "RandomApply", "RandomGrayscale", "GaussianBlur", "RandomSolarize"} & set(names)
+    img = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    torch.manual_seed(0)
+    a, b = t(img), t(img)
+    assert a.shape == (3, 16, 16) and a.dtype == torch.float32 and not torch.equal(a, b)
+
+
+def test_linear_eval_bad_arguments_are_named():
+    from mvssl_core.evaluate import linear_eval
+
+    data = _image_clusters(4, 2, seed=0)
+    with pytest.raises(ValueError, match="n_classes"):
+        linear_eval(nn.Flatten(), data, data, n_classes=1, feature_dim=18)
+    with pytest.raises(ValueError, match="momentum"):
+        linear_eval(nn.Flatten(), data, data, n_classes=2, feature_dim=18, batch_size=4, momentum=1.0)
+    with pytest.raises(ValueError, match="fewer than batch_size"):
+        linear_eval(nn.Flatten(), data, data, n_classes=2, feature_dim=18, batch_size=64)

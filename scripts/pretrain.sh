@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Pre-train a method on ImageNet with the paper's recipe, on every GPU of this node or of a SLURM job.
+#
+#   scripts/pretrain.sh METHOD DATA_DIR [OUT_DIR] [options] [-- key=value ...]
+#
+#   METHOD     simclr, byol, dino, swav, deepcluster, or the ER variant of one (simclr_er, ...)
+#   DATA_DIR   ImageNet in ImageFolder layout: DATA_DIR/train/<class>/*.JPEG and DATA_DIR/val/<class>/*.JPEG
+#   OUT_DIR    the run's folder (default runs/imagenet/METHOD); holds config.yaml, metrics.jsonl,
+#              checkpoint.pt and results.json
+#   key=value  overrides of the config (mvssl_core/config.py keys), e.g. -- accumulate=2 optim.lr=0.2
+#
+# Options:
+#   --cpu               run NPROC CPU processes (gloo) instead of one process per GPU
+#   --nproc N           processes per node (default: the GPUs found; 2 with --cpu)
+#   --config FILE       the recipe (default scripts/configs/imagenet/METHOD.yaml: ResNet-50, 400 epochs,
+#                       global batch 4096, LARS, warm-up + cosine, the method's heads and schedules)
+#   --results-dir DIR   where results/imagenet/<run>.json goes (default results/imagenet; <run> is
+#                       OUT_DIR's name), the file the book reads, besides OUT_DIR/results.json
+#   --stop-after N      stop after N optimizer steps, as a pre-emption would (to try resuming)
+#   --dry-run           print the command it would run, run nothing
+#
+# One node: torchrun --standalone --nproc_per_node=<GPUs>. A SLURM job of several nodes (see
+# scripts/pretrain.sbatch): srun starts one torchrun per node, which meet at the first node of the job.
+# Resuming is automatic: with OUT_DIR/checkpoint.pt present the run continues where it stopped
+# (pre-emption, time limits: just submit the same command again); with OUT_DIR/results.json present
+# the run is finished and nothing is done.
+# It refuses, with one line and exit status 2: a DATA_DIR that is missing or not in ImageFolder layout,
+# a global batch that does not divide over the processes, no GPU without --cpu, an unknown METHOD.
+set -euo pipefail
+PROG=$(basename "$0")
+source "$(dirname "$0")/launch_lib.sh"
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
+
+CPU=0 DRY=0 NPROC_WANT="" STOP_AFTER="" CONFIG="" RESULTS_DIR="$REPO/results/imagenet"
+POS=() OVERRIDES=()
+while (( $# )); do
+  case "$1" in
+    --cpu) CPU=1 ;;
+    --dry-run) DRY=1 ;;
+    --nproc) (( $# >= 2 )) || die "--nproc needs a number"; NPROC_WANT=$2; shift ;;
+    --nproc=*) NPROC_WANT=${1#*=} ;;
+    --stop-after) (( $# >= 2 )) || die "--stop-after needs a number"; STOP_AFTER=$2; shift ;;
+    --stop-after=*) STOP_AFTER=${1#*=} ;;
+    --config) (( $# >= 2 )) || die "--config needs a file"; CONFIG=$2; shift ;;
+    --config=*) CONFIG=${1#*=} ;;
+    --results-dir) (( $# >= 2 )) || die "--results-dir needs a folder"; RESULTS_DIR=$2; shift ;;
+    --results-dir=*) RESULTS_DIR=${1#*=} ;;
+    -h|--help) usage; exit 0 ;;
+    --) shift; OVERRIDES=("$@"); break ;;
+    -*) die "unknown option $1 (see --help)" ;;
+    *) POS+=("$1") ;;
+  esac
+  shift
+done
+(( ${#POS[@]} >= 2 && ${#POS[@]} <= 3 )) || die "usage: $PROG METHOD DATA_DIR [OUT_DIR] [--cpu] [--nproc N] [--dry-run] [-- key=value ...]"
+METHOD=${POS[0]} DATA_DIR=${POS[1]} OUT_DIR=${POS[2]:-runs/imagenet/${POS[0]}}
+
+for o in "${OVERRIDES[@]}"; do
+  [[ "$o" == *=* ]] || die "override '$o' after -- must look like key=value (e.g. optim.lr=0.2)"
+done
+if [[ -z "$CONFIG" ]]; then
+  CONFIG="$REPO/scripts/configs/imagenet/$METHOD.yaml"
+  if [[ ! -f "$CONFIG" ]]; then
+    known=$(cd "$REPO/scripts/configs/imagenet" && ls -- *.yaml | sed 's/\.yaml$//' | tr '\n' ' ')
+    die "unknown METHOD '$METHOD'; one of: ${known% }"
+  fi
+fi
+[[ -f "$CONFIG" ]] || die "config file $CONFIG not found"
+
+check_imagefolder "$DATA_DIR"
+DATA_DIR=$(cd "$DATA_DIR" && pwd)
+OUT_DIR=$(realpath -m -- "$OUT_DIR")
+CONFIG=$(realpath -m -- "$CONFIG")
+RESULTS_FILE=$(realpath -m -- "$RESULTS_DIR")/$(basename "$OUT_DIR").json
+
+if [[ -f "$OUT_DIR/results.json" ]]; then
+  echo "$PROG: $OUT_DIR is finished ($OUT_DIR/results.json exists); nothing to do (a new run needs another OUT_DIR)" >&2
+  exit 0
+fi
+
+plan_processes "$CPU" "$NPROC_WANT"
+
+# the run's global batch and accumulation, from the recipe and the overrides (without importing torch)
+read -r BATCH ACCUM < <("$PYTHON" -c '
+import sys
+from mvssl_core.config import ConfigError, RunConfig, apply_overrides, from_dict, read_yaml
+try:
+    cfg = from_dict(RunConfig, apply_overrides(read_yaml(sys.argv[1]), sys.argv[2:]))
+except (ConfigError, FileNotFoundError) as e:
+    print(f"error {e}".replace("\n", " "))
+else:
+    print(cfg.batch_size, cfg.accumulate)
+' "$CONFIG" "${OVERRIDES[@]}") || die "could not read the config with $PYTHON"
+[[ "$BATCH" != error ]] || die "config $CONFIG with the overrides: $ACCUM"
+check_batch "$BATCH" "$ACCUM"
+
+ARGS=(-m mvssl_core pretrain --config "$CONFIG"
+      --set "method=$(yaml_str "$METHOD")" --set data.name=imagefolder --set "data.root=$(yaml_str "$DATA_DIR")"
+      --set "out=$(yaml_str "$OUT_DIR")" --set "results_file=$(yaml_str "$RESULTS_FILE")")
+(( CPU )) && ARGS+=(--set device=cpu)
+if [[ -n "$STOP_AFTER" ]]; then
+  is_count "$STOP_AFTER" || die "--stop-after must be a whole number >= 1, got '$STOP_AFTER'"
+  ARGS+=(--stop-after "$STOP_AFTER")
+fi
+[[ -t 2 ]] || ARGS+=(--no-progress)  # a log file gets a line every 10% instead of a progress bar
+if [[ -f "$OUT_DIR/checkpoint.pt" ]]; then
+  ARGS+=(--resume)
+  echo "$PROG: resuming from $OUT_DIR/checkpoint.pt" >&2
+fi
+for o in "${OVERRIDES[@]}"; do ARGS+=(--set "$o"); done
+
+launcher
+run_or_print "$DRY" "${LAUNCH[@]}" "${ARGS[@]}"
