@@ -68,6 +68,8 @@ class DataConfig:
         views: views recipe of :data:`mvssl_core.views.VIEWS` (None: the method's own recipe).
         view_kwargs: keyword arguments of the recipe (e.g. ``n_local: 2``).
         kwargs: further keyword arguments of :func:`mvssl_core.data.build_dataset`.
+        gpu_pipeline: decode the JPEGs and make the views on the training device
+            (:mod:`mvssl_core.gpu_views`; ImageFolder only): true, false, or "auto" (on for an ImageFolder on CUDA).
     """
 
     name: str = "digits"
@@ -81,6 +83,7 @@ class DataConfig:
     views: str | None = None
     view_kwargs: dict = field(default_factory=dict)
     kwargs: dict = field(default_factory=dict)
+    gpu_pipeline: bool | str = False
 
 
 @dataclass
@@ -407,6 +410,10 @@ def validate(cfg: RunConfig) -> RunConfig:
         _choice(cfg.data.views, "data.views", tuple(VIEWS))
     _at_least(cfg.data.size, "data.size", 8)
     _at_least(cfg.data.n, "data.n", 1)
+    if isinstance(cfg.data.gpu_pipeline, str) and cfg.data.gpu_pipeline != "auto":
+        raise ConfigError(f"config key 'data.gpu_pipeline' must be true, false or 'auto', got {cfg.data.gpu_pipeline!r}")
+    if cfg.data.gpu_pipeline is True and cfg.data.name != "imagefolder":
+        raise ConfigError(f"data.gpu_pipeline decodes JPEG files: it needs data.name: imagefolder, not {cfg.data.name!r}")
     _choice(cfg.model.backbone, "model.backbone", BACKBONES)
     _choice(cfg.optim.name, "optim.name", ("lars", "sgd", "adamw"))
     _at_least(cfg.optim.lr, "optim.lr", 0.0, strict=True)

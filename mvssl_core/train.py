@@ -37,6 +37,11 @@ Gradient accumulation: the loss of each of the ``accumulate`` micro-batches is d
 ``accumulate``; DDP synchronises only on the last one; the optimizer steps and the method's
 :meth:`after_optimizer_step` (EMA teachers) run once per real step.
 
+GPU data pipeline (``data.gpu_pipeline``: true, or "auto" for an ImageFolder on CUDA): the workers only
+read the JPEG files (:class:`mvssl_core.gpu_views.JpegBytes`); each micro-batch is decoded and augmented on
+the device with the recipe of ``mvssl_core.views``, from a generator seeded by (seed, step, micro-batch,
+rank): resuming stays exact, but the views then depend on the world size.
+
 Precision: bf16 autocast and channels-last memory format on GPU only (``precision``,
 ``channels_last``). On CPU DataLoader workers run with one thread each (torchvision's v2 colour
 jitter is slow with many threads); ``num_workers >= 1`` keeps augmentation off the training thread.
@@ -70,6 +75,7 @@ from mvssl_core import dist, results
 from mvssl_core.backbones import build_backbone
 from mvssl_core.config import ConfigError, RunConfig, from_dict, save_config, to_dict, validate
 from mvssl_core.data import MultiViewDataset, build_dataset
+from mvssl_core.gpu_views import GpuMultiView, JpegBytes, batch_generator, collate_bytes, decode_batch
 from mvssl_core.methods import build_method
 from mvssl_core.optim import LARS, param_groups, scaled_lr, set_lr, warmup_cosine
 from mvssl_core.views import IMAGENET_NORMALIZE, build_views, eval_transform, item_seed
@@ -222,11 +228,19 @@ def _dataset_kwargs(cfg: RunConfig) -> dict:
     return kw
 
 
-def build_train_set(cfg: RunConfig) -> Dataset:
-    """The pre-training data set with the method's views, seeded per item."""
+def build_train_set(cfg: RunConfig, gpu_pipeline: bool = False) -> Dataset:
+    """The pre-training data set with the method's views, seeded per item.
+
+    With ``gpu_pipeline`` (an ImageFolder), a :class:`~mvssl_core.gpu_views.JpegBytes` of undecoded files
+    whose ``views`` the training loop applies on the device.
+    """
     recipe = cfg.data.views or _METHOD_VIEWS[cfg.method.removesuffix("_er")]
     with _config_errors("data.view_kwargs"):
         views = build_views(recipe, cfg.data.size, **cfg.data.view_kwargs)
+    if gpu_pipeline:
+        split = _split(cfg, "train")
+        root = Path(cfg.data.root) if split is None else Path(cfg.data.root) / split
+        return JpegBytes(root, views=GpuMultiView.from_cpu(views))
     with _config_errors("data"):
         base = build_dataset(cfg.data.name, split=_split(cfg, "train"), **_dataset_kwargs(cfg))
     return MultiViewDataset(base, views, seed=cfg.seed)
@@ -269,6 +283,12 @@ class Runtime:
     bf16: bool
     channels_last: bool
     owns_group: bool
+
+
+def _use_gpu_pipeline(cfg: RunConfig, rt: Runtime) -> bool:
+    if cfg.data.gpu_pipeline == "auto":
+        return rt.device.type == "cuda" and cfg.data.name == "imagefolder"
+    return bool(cfg.data.gpu_pipeline)
 
 
 def _init_runtime(cfg: RunConfig) -> Runtime:
@@ -562,7 +582,8 @@ def _train(cfg: RunConfig, rt: Runtime, *, resume: bool, stop_after: int | None,
         run_dir.mkdir(parents=True, exist_ok=True)
         _remove_stale_temporaries(run_dir)
         save_config(cfg, run_dir / CONFIG_NAME)
-    dataset = build_train_set(cfg)
+    gpu_pipeline = _use_gpu_pipeline(cfg, rt)
+    dataset = build_train_set(cfg, gpu_pipeline)
     sampler = GlobalBatchSampler(len(dataset), cfg.batch_size, accumulate=cfg.accumulate,
                                  world_size=rt.world_size, rank=rt.rank, seed=cfg.seed)
     steps_per_epoch = sampler.steps_per_epoch
@@ -641,7 +662,8 @@ def _train(cfg: RunConfig, rt: Runtime, *, resume: bool, stop_after: int | None,
                 method.start_epoch(epoch)
             sampler.set_epoch(epoch, position)
             dataset.set_epoch(epoch)
-            loader = DataLoader(_WithIndex(dataset), batch_sampler=sampler, **loader_kw)
+            loader = DataLoader(dataset if gpu_pipeline else _WithIndex(dataset), batch_sampler=sampler,
+                                collate_fn=collate_bytes if gpu_pipeline else None, **loader_kw)
             batches = iter(loader)
             for _ in range(position, steps_per_epoch):
                 if step >= total:
@@ -657,6 +679,9 @@ def _train(cfg: RunConfig, rt: Runtime, *, resume: bool, stop_after: int | None,
                 for micro in range(cfg.accumulate):
                     with _one_thread(cfg.num_workers == 0):
                         views, labels, indices = next(batches)
+                    if gpu_pipeline:  # views of (seed, step, micro-batch, rank): exact on resume
+                        gen = batch_generator(rt.device, cfg.seed, step, micro, rt.rank)
+                        views = dataset.views(decode_batch(views, rt.device), generator=gen)
                     views = _to_device(views, rt)
                     labels = labels.to(rt.device, non_blocking=True)
                     indices = indices.to(rt.device, non_blocking=True)
