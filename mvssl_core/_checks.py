@@ -23,7 +23,15 @@ def tensor(x: object, name: str) -> torch.Tensor:
 
 def finite(x: torch.Tensor, name: str) -> torch.Tensor:
     """Reject NaN or infinite entries (checked without autograd, one device sync)."""
-    if not bool(torch.isfinite(x.detach()).all()):
+    xd = x.detach()
+    if xd.is_floating_point() and xd.numel() > 0:
+        # min and max propagate NaN and expose +-inf: one reduction and no (N, K) boolean temporary,
+        # an order of magnitude faster than isfinite(x).all() on CPU
+        lo, hi = torch.aminmax(xd)
+        ok = bool(torch.isfinite(lo) & torch.isfinite(hi))
+    else:
+        ok = bool(torch.isfinite(xd).all())
+    if not ok:
         raise ValueError(f"{name} must contain only finite values (found NaN or inf)")
     return x
 
