@@ -30,6 +30,8 @@ from typing import Any, Union
 
 import yaml
 
+from mvssl_core.atomic import atomic_write
+
 __all__ = [
     "ConfigError",
     "DataConfig",
@@ -356,24 +358,9 @@ def _merge(a: dict, b: dict) -> dict:
 
 
 def save_config(cfg: RunConfig, path: str | os.PathLike) -> Path:
-    """Write the resolved configuration as YAML, atomically (temporary file + ``os.replace``)."""
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the resolved configuration as YAML, atomically (:func:`mvssl_core.atomic.atomic_write`)."""
     text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: f.write(text))
 
 
 # ------------------------------------------------------------------------------------------------

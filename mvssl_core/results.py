@@ -34,9 +34,10 @@ import platform
 import shlex
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from mvssl_core.atomic import atomic_write
 
 __all__ = ["SCHEMA", "ResultsError", "provenance", "validate_results", "write_results", "load_results"]
 
@@ -215,23 +216,12 @@ def write_results(path: str | os.PathLike, record: dict) -> Path:
     bad = _first_non_finite(record)
     if bad is not None:
         raise ResultsError(f"record for {path}: field '{bad}' is NaN or infinite; store non-finite values as null")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=1, allow_nan=False)  # streams: may fail half-way
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private; a results file is for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+
+    def write(f) -> None:
+        json.dump(record, f, indent=1, allow_nan=False)  # streams: may fail half-way
+        f.write("\n")
+
+    return atomic_write(path, write)
 
 
 def load_results(path: str | os.PathLike) -> dict:

@@ -56,7 +56,6 @@ import math
 import os
 import random
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -72,6 +71,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from mvssl_core import dist, results
+from mvssl_core.atomic import atomic_write
 from mvssl_core.backbones import build_backbone
 from mvssl_core.config import ConfigError, RunConfig, from_dict, save_config, to_dict, validate
 from mvssl_core.data import MultiViewDataset, build_dataset
@@ -352,17 +352,7 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f), binary=True)
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
@@ -451,11 +441,7 @@ def _read_log(path: Path, upto_step: int | None = None) -> list[dict]:
 
 
 def _rewrite_log(path: Path, rows: list[dict]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.writelines(json.dumps(row) + "\n" for row in rows))
 
 
 class _Progress:
