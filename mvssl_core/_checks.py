@@ -97,3 +97,13 @@ def probabilities(p: object, name: str, atol: float = 1e-4) -> torch.Tensor:
             "pass softmax outputs, not logits"
         )
     return p
+
+
+def crops(xs: object, name: str, min_samples: int = 1) -> list[torch.Tensor]:
+    """A non-empty list of finite ``(N, K)`` tensors of one shape (the crops of a multi-crop batch)."""
+    if isinstance(xs, torch.Tensor) or not isinstance(xs, (list, tuple)) or len(xs) == 0:
+        raise TypeError(f"{name} must be a non-empty list of (N, K) tensors")
+    out = [embeddings(x, f"{name}[{i}]", min_samples=min_samples) for i, x in enumerate(xs)]
+    for i, x in enumerate(out[1:], start=1):
+        same_shape(out[0], x, f"{name}[0]", f"{name}[{i}]")
+    return out

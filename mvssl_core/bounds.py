@@ -322,12 +322,7 @@ def er_bound_discrete_multicrop(
 
 def _crops(xs: object, name: str) -> list[torch.Tensor]:
     """A non-empty list of finite (N, K) logits of one shape, N >= 2."""
-    if isinstance(xs, torch.Tensor) or not isinstance(xs, (list, tuple)) or len(xs) == 0:
-        raise TypeError(f"{name} must be a non-empty list of (N, K) tensors")
-    out = [checks.embeddings(x, f"{name}[{i}]", min_samples=2) for i, x in enumerate(xs)]
-    for i, x in enumerate(out[1:], start=1):
-        checks.same_shape(out[0], x, f"{name}[0]", f"{name}[{i}]")
-    return out
+    return checks.crops(xs, name, min_samples=2)
 
 
 def _discrete_er(

@@ -144,7 +144,7 @@ def _evaluate(args: argparse.Namespace, command: str) -> int:
 
     from mvssl_core import results
     from mvssl_core.config import apply_overrides
-    from mvssl_core.train import Runtime, checkpoint_config, evaluate_run, load_checkpoint
+    from mvssl_core.train import Runtime, checkpoint_config, evaluate_run, load_checkpoint, run_record
 
     state = load_checkpoint(args.checkpoint)
     values = to_dict(checkpoint_config(state, args.checkpoint))
@@ -162,15 +162,8 @@ def _evaluate(args: argparse.Namespace, command: str) -> int:
     final = evaluate_run(cfg, backbone, rt)
     print(json.dumps({"checkpoint": str(args.checkpoint), "step": int(state["step"]), **final}))
     if args.results:
-        record = {
-            "schema": results.SCHEMA,
-            "method": cfg.method,
-            "dataset": cfg.data.name,
-            "config": to_dict(cfg),
-            "seed": cfg.seed,
-            "provenance": results.provenance(command=command),
-            "metrics": {"checkpoint": str(args.checkpoint), "step": int(state["step"]), "final": final},
-        }
+        metrics = {"checkpoint": str(args.checkpoint), "step": int(state["step"]), "final": final}
+        record = run_record(cfg, metrics, command)
         results.write_results(args.results, record)
     return 0
 

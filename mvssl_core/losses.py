@@ -124,14 +124,7 @@ def byol_loss(prediction: torch.Tensor, target: torch.Tensor, distributed: bool 
 
 
 def _logit_list(xs: object, name: str) -> list[torch.Tensor]:
-    if isinstance(xs, torch.Tensor):
-        xs = [xs]
-    if not isinstance(xs, (list, tuple)) or len(xs) == 0:
-        raise TypeError(f"{name} must be a non-empty list of (N, K) tensors")
-    out = [checks.embeddings(x, f"{name}[{i}]", min_samples=1) for i, x in enumerate(xs)]
-    for i, x in enumerate(out[1:], start=1):
-        checks.same_shape(out[0], x, f"{name}[0]", f"{name}[{i}]")
-    return out
+    return checks.crops([xs] if isinstance(xs, torch.Tensor) else xs, name)
 
 
 def dino_loss(

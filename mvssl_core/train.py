@@ -752,6 +752,19 @@ def evaluate_run(cfg: RunConfig, backbone: nn.Module, rt: Runtime | None = None)
     )
 
 
+def run_record(cfg: RunConfig, metrics: dict, command: str | None) -> dict:
+    """A results record (schema of mvssl_core.results) of a run with config ``cfg``."""
+    return {
+        "schema": results.SCHEMA,
+        "method": cfg.method,
+        "dataset": cfg.data.name,
+        "config": to_dict(cfg),
+        "seed": cfg.seed,
+        "provenance": results.provenance(command=command),
+        "metrics": metrics,
+    }
+
+
 def _write_results(cfg: RunConfig, run_dir: Path, final: dict, total: int, command: str | None) -> dict:
     rows = _read_log(run_dir / METRICS_NAME)
     keys: list[str] = []
@@ -761,20 +774,7 @@ def _write_results(cfg: RunConfig, run_dir: Path, final: dict, total: int, comma
     last = {k: v for k, v in rows[-1].items() if k not in ("time_s",)} if rows else {}
     if "probe_acc" in last:  # on the augmented training batch of the last logged step
         final = {**final, "online_probe_train_acc": last["probe_acc"]}
-    record = {
-        "schema": results.SCHEMA,
-        "method": cfg.method,
-        "dataset": cfg.data.name,
-        "config": to_dict(cfg),
-        "seed": cfg.seed,
-        "provenance": results.provenance(command=command),
-        "metrics": {
-            "steps": total,
-            "history": history,
-            "last": last,
-            "final": final,
-        },
-    }
+    record = run_record(cfg, {"steps": total, "history": history, "last": last, "final": final}, command)
     results.write_results(run_dir / RESULTS_NAME, record)
     if cfg.results_file is not None:
         results.write_results(cfg.results_file, record)
