@@ -1,6 +1,7 @@
 # mvssl: two commands on a fresh machine.
 #   make book   create .venv, install everything, build the HTML book into _build/html
 #   make test   create .venv, install everything, run the whole test suite
+#   make results  rerun the experiments whose results/ files the book loads
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -15,7 +16,7 @@ else
 TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: install test book bench clean
+.PHONY: install test book bench results clean
 
 install: $(STAMP)
 
@@ -44,6 +45,11 @@ book: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_core.py
+
+# Regenerate every shipped results file (about 40 min on 2 cores; see book/reproduce.md).
+results: $(STAMP)
+	$(BIN)/python scripts/experiments/train_critics.py
+	$(BIN)/python scripts/experiments/ssl_runs.py --jobs 2
 
 clean:
 	rm -rf _build _vendor .pytest_cache

@@ -50,6 +50,10 @@ __all__ = [
 ]
 
 
+BATCHED_VIEWS = ("imagefolder", "digits", "shapes")
+"""Data sets the batched (``data.gpu_pipeline``) views accept: JPEG files, or uint8 tensors in memory."""
+
+
 class ConfigError(ValueError):
     """A configuration key or value that is unknown, of the wrong type, or out of range."""
 
@@ -70,8 +74,9 @@ class DataConfig:
         views: views recipe of :data:`mvssl_core.views.VIEWS` (None: the method's own recipe).
         view_kwargs: keyword arguments of the recipe (e.g. ``n_local: 2``).
         kwargs: further keyword arguments of :func:`mvssl_core.data.build_dataset`.
-        gpu_pipeline: decode the JPEGs and make the views on the training device
-            (:mod:`mvssl_core.gpu_views`; ImageFolder only): true, false, or "auto" (on for an ImageFolder on CUDA).
+        gpu_pipeline: decode the JPEGs and make the views on the training device, a batch at a time
+            (:mod:`mvssl_core.gpu_views`; ImageFolder, digits, shapes): true, false, or "auto" (on for an
+            ImageFolder on CUDA).
     """
 
     name: str = "digits"
@@ -399,8 +404,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     _at_least(cfg.data.n, "data.n", 1)
     if isinstance(cfg.data.gpu_pipeline, str) and cfg.data.gpu_pipeline != "auto":
         raise ConfigError(f"config key 'data.gpu_pipeline' must be true, false or 'auto', got {cfg.data.gpu_pipeline!r}")
-    if cfg.data.gpu_pipeline is True and cfg.data.name != "imagefolder":
-        raise ConfigError(f"data.gpu_pipeline decodes JPEG files: it needs data.name: imagefolder, not {cfg.data.name!r}")
+    if cfg.data.gpu_pipeline is True and cfg.data.name not in BATCHED_VIEWS:
+        raise ConfigError(f"data.gpu_pipeline needs JPEG files or in-memory uint8 images: data.name one of "
+                          f"{list(BATCHED_VIEWS)}, not {cfg.data.name!r}")
     _choice(cfg.model.backbone, "model.backbone", BACKBONES)
     _choice(cfg.optim.name, "optim.name", ("lars", "sgd", "adamw"))
     _at_least(cfg.optim.lr, "optim.lr", 0.0, strict=True)

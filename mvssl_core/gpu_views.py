@@ -28,7 +28,9 @@ nvJPEG's business, may).
 
 In the trainer (``data.gpu_pipeline: true``, or ``auto``: on for an ImageFolder on CUDA; default false):
 ``train.build_train_set`` gives a ``JpegBytes`` holding the recipe's ``GpuMultiView``, the DataLoader collates
-with ``collate_bytes``, and each micro-batch is decoded and augmented on the device from
+with ``collate_bytes`` (for the in-memory data sets, digits and shapes, a :class:`TensorImages` of uint8 tensors
+that need no decoding: batched views are then also the fast pipeline on CPU, where the per-image transforms'
+Python overhead dominates small images), and each micro-batch is decoded and augmented on the device from
 ``batch_generator(device, seed, step, micro, rank)``: a resumed run sees the same views as an uninterrupted one,
 but another world size sees other views (the CPU pipeline's per-item seeds do not depend on it).
 """
@@ -369,6 +371,31 @@ class JpegBytes(Dataset):
     def __getitem__(self, index: int):
         path, label = self.samples[index]
         return read_file(path), label, index
+
+
+class TensorImages(Dataset):
+    """An in-memory data set of uint8 image tensors (``data.Digits``, ``data.Shapes``) whose views are
+    made in batches on the device, like :class:`JpegBytes` but with nothing to decode.
+
+    Items are ``(image (C, H, W) uint8, label, index)``; the default collate stacks them. ``views`` is
+    kept for the consumer (the training loop), not applied here.
+    """
+
+    def __init__(self, dataset: Dataset, views: GpuMultiView | None = None) -> None:
+        self.dataset, self.views = dataset, views
+
+    def set_epoch(self, epoch: int) -> None:
+        """Nothing to do: the views are drawn on the device (see :func:`batch_generator`)."""
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, label = self.dataset[index]
+        if not isinstance(image, torch.Tensor) or image.dtype != torch.uint8 or image.dim() != 3:
+            raise TypeError(f"TensorImages needs (C, H, W) uint8 tensors, got {type(image).__name__} "
+                            f"{getattr(image, 'dtype', '')} {tuple(getattr(image, 'shape', ()))} at index {index}")
+        return image, label, index
 
 
 def collate_bytes(batch):

@@ -75,7 +75,7 @@ from mvssl_core.atomic import atomic_write
 from mvssl_core.backbones import build_backbone
 from mvssl_core.config import ConfigError, RunConfig, from_dict, save_config, to_dict, validate
 from mvssl_core.data import MultiViewDataset, build_dataset
-from mvssl_core.gpu_views import GpuMultiView, JpegBytes, batch_generator, collate_bytes, decode_batch
+from mvssl_core.gpu_views import GpuMultiView, JpegBytes, TensorImages, batch_generator, collate_bytes, decode_batch
 from mvssl_core.methods import build_method
 from mvssl_core.optim import LARS, param_groups, scaled_lr, set_lr, warmup_cosine
 from mvssl_core.views import IMAGENET_NORMALIZE, build_views, eval_transform, item_seed
@@ -231,18 +231,21 @@ def _dataset_kwargs(cfg: RunConfig) -> dict:
 def build_train_set(cfg: RunConfig, gpu_pipeline: bool = False) -> Dataset:
     """The pre-training data set with the method's views, seeded per item.
 
-    With ``gpu_pipeline`` (an ImageFolder), a :class:`~mvssl_core.gpu_views.JpegBytes` of undecoded files
-    whose ``views`` the training loop applies on the device.
+    With ``gpu_pipeline``, a :class:`~mvssl_core.gpu_views.JpegBytes` of undecoded files (an ImageFolder) or a
+    :class:`~mvssl_core.gpu_views.TensorImages` of uint8 tensors (digits, shapes), whose ``views`` the training
+    loop applies on the device, a batch at a time.
     """
     recipe = cfg.data.views or _METHOD_VIEWS[cfg.method.removesuffix("_er")]
     with _config_errors("data.view_kwargs"):
         views = build_views(recipe, cfg.data.size, **cfg.data.view_kwargs)
-    if gpu_pipeline:
+    if gpu_pipeline and cfg.data.name == "imagefolder":
         split = _split(cfg, "train")
         root = Path(cfg.data.root) if split is None else Path(cfg.data.root) / split
         return JpegBytes(root, views=GpuMultiView.from_cpu(views))
     with _config_errors("data"):
         base = build_dataset(cfg.data.name, split=_split(cfg, "train"), **_dataset_kwargs(cfg))
+    if gpu_pipeline:  # digits, shapes: uint8 tensors in memory, views made in batches on the device
+        return TensorImages(base, views=GpuMultiView.from_cpu(views))
     return MultiViewDataset(base, views, seed=cfg.seed)
 
 
@@ -498,7 +501,7 @@ def _to_device(views: list[torch.Tensor], rt: Runtime) -> list[torch.Tensor]:
 
 
 def _n_classes(dataset: Dataset) -> int:
-    base = dataset.dataset if isinstance(dataset, MultiViewDataset) else dataset
+    base = dataset.dataset if isinstance(dataset, (MultiViewDataset, TensorImages)) else dataset
     classes = getattr(base, "classes", None)
     if classes is not None:
         return len(classes)
@@ -649,7 +652,7 @@ def _train(cfg: RunConfig, rt: Runtime, *, resume: bool, stop_after: int | None,
             sampler.set_epoch(epoch, position)
             dataset.set_epoch(epoch)
             loader = DataLoader(dataset if gpu_pipeline else _WithIndex(dataset), batch_sampler=sampler,
-                                collate_fn=collate_bytes if gpu_pipeline else None, **loader_kw)
+                                collate_fn=collate_bytes if isinstance(dataset, JpegBytes) else None, **loader_kw)
             batches = iter(loader)
             for _ in range(position, steps_per_epoch):
                 if step >= total:
@@ -667,7 +670,8 @@ def _train(cfg: RunConfig, rt: Runtime, *, resume: bool, stop_after: int | None,
                         views, labels, indices = next(batches)
                     if gpu_pipeline:  # views of (seed, step, micro-batch, rank): exact on resume
                         gen = batch_generator(rt.device, cfg.seed, step, micro, rt.rank)
-                        views = dataset.views(decode_batch(views, rt.device), generator=gen)
+                        images = views.to(rt.device) if isinstance(views, torch.Tensor) else decode_batch(views, rt.device)
+                        views = dataset.views(images, generator=gen)
                     views = _to_device(views, rt)
                     labels = labels.to(rt.device, non_blocking=True)
                     indices = indices.to(rt.device, non_blocking=True)

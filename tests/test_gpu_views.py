@@ -365,7 +365,41 @@ def test_trainer_runs_and_resumes_exactly_with_the_gpu_pipeline(tmp_path, monkey
     assert len(log) == 4 and all(math.isfinite(r["loss"]) for r in log)
 
 
-@pytest.mark.parametrize("data,value,match", [("digits", True, "needs data.name: imagefolder"),
+@pytest.mark.parametrize("data", ["digits", "shapes"])
+def test_trainer_batched_views_of_in_memory_images(tmp_path, data):
+    """digits / shapes with data.gpu_pipeline: views made a batch at a time from the uint8 tensors
+    (no decoding), a run resumes exactly, and the batched views follow the dataset's own images."""
+    from mvssl_core.config import load_config
+    from mvssl_core.data import build_dataset
+    from mvssl_core.train import CHECKPOINT_NAME, build_train_set, load_checkpoint, train
+
+    top = dict(data={"name": data, "size": 16, "n": 40, "gpu_pipeline": True}, batch_size=8)
+    cfg = load_config(None, base=_train_values(tmp_path, tmp_path / "straight", **top))
+    ds = build_train_set(cfg, gpu_pipeline=True)
+    assert isinstance(ds, gpu_views.TensorImages)
+    image, label, index = ds[3]
+    base = build_dataset(data, split="train", size=16, **({"n": 40} if data == "shapes" else {}))
+    assert torch.equal(image, base[3][0]) and label == base[3][1] and index == 3
+    batch = torch.stack([ds[i][0] for i in range(8)])
+    views = ds.views(batch, generator=torch.Generator().manual_seed(0))
+    assert len(views) == 2 and views[0].shape == (8, 3, 16, 16) and views[0].dtype == torch.float32
+    assert not torch.equal(views[0], views[1])
+
+    train(cfg)
+    broken = load_config(None, base=_train_values(tmp_path, tmp_path / "broken", checkpoint_every=2, **top))
+    assert train(broken, stop_after=3) is None
+    train(broken, resume=True)
+    a = load_checkpoint(tmp_path / "broken" / CHECKPOINT_NAME)["model"]
+    b = load_checkpoint(tmp_path / "straight" / CHECKPOINT_NAME)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_tensor_images_refuses_non_uint8_items():
+    with pytest.raises(TypeError, match="uint8"):
+        gpu_views.TensorImages([(torch.zeros(3, 8, 8), 0)])[0]
+
+
+@pytest.mark.parametrize("data,value,match", [("cifar10", True, "needs JPEG files or in-memory"),
                                               ("imagefolder", "on", "must be true, false or 'auto'")])
 def test_bad_gpu_pipeline_config_is_refused(tmp_path, data, value, match):
     from mvssl_core.config import ConfigError, load_config, validate

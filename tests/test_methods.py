@@ -413,3 +413,33 @@ def test_dino_without_centring_collapses():
     assert collapsed[0] < 0.05 * log_k and collapsed[1] < 0.05 * log_k, collapsed
     assert healthy[0] > 0.6 * log_k and healthy[1] > 0.6 * log_k, healthy
     assert healthy[1] - healthy[2] > 0.2, healthy  # I(W2; Z2) > 0: not the uniform collapse
+
+
+@pytest.mark.parametrize("name", ["simclr", "byol", "dino", "swav", "deepcluster"])
+def test_er_terms_ablation_maximises_the_named_term(name):
+    """er_terms="entropy" / "reconstruction": the loss is minus that logged term, and the gradients of
+    the two one-term losses add up to the gradient of the full ER loss (same weights, same batch)."""
+    images = _images(N, seed=7)
+    n_local = 2 if name in MULTICROP else 0
+    grads, metrics = {}, {}
+    for terms in ("both", "entropy", "reconstruction"):
+        method = _build(f"{name}_er", seed=3, er_terms=terms)
+        if name == "deepcluster":
+            method.start_epoch(0)
+        torch.manual_seed(11)
+        out = method.training_step(_views(images, seed=5, n_local=n_local), 0.5, indices=torch.arange(N))
+        out.loss.backward()
+        grads[terms] = torch.cat([torch.zeros_like(p).flatten() if p.grad is None else p.grad.flatten() for p in _trainable(method)])
+        metrics[terms] = out.metrics
+    m = metrics["both"]
+    assert m["loss"] == pytest.approx(-(m["loss_entropy"] + m["loss_reconstruction"]), rel=1e-5, abs=1e-5)
+    for terms, key in (("entropy", "loss_entropy"), ("reconstruction", "loss_reconstruction")):
+        assert metrics[terms]["loss"] == pytest.approx(-metrics[terms][key], rel=1e-6, abs=1e-6)
+        assert metrics[terms][key] == pytest.approx(m[key], rel=1e-5, abs=1e-5)  # same batch, same weights
+    torch.testing.assert_close(grads["entropy"] + grads["reconstruction"], grads["both"], rtol=1e-4, atol=1e-5)
+    assert grads["entropy"].norm() > 0 and grads["reconstruction"].norm() > 0
+
+
+def test_er_terms_refuses_unknown_term():
+    with pytest.raises(ValueError, match="er_terms"):
+        _build("byol_er", er_terms="alignment")

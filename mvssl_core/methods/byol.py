@@ -16,7 +16,7 @@ from mvssl_core import bounds, entropy
 from mvssl_core.ema import cosine_momentum, ema_update_, frozen_copy
 from mvssl_core.heads import BYOL_PREDICTOR, BYOL_PROJECTOR, MLPSpec, as_spec, build_mlp
 from mvssl_core.losses import byol_loss
-from mvssl_core.methods.step import StepOutput, check_views, forward_crops, projection_metrics, report
+from mvssl_core.methods.step import ER_TERMS, StepOutput, check_views, forward_crops, projection_metrics, er_loss, report
 
 __all__ = ["BYOL"]
 
@@ -47,6 +47,8 @@ class BYOL(nn.Module):
         base_momentum: EMA momentum at the start (0.996 at batch 4096; 0.99 suits small batches).
         final_momentum: EMA momentum at the end (1).
         er: use the ER bound as the loss.
+        er_terms: with ``er``, maximise \"both\" terms of the bound, or only the \"entropy\" or the
+            \"reconstruction\" term (the ablation; both are still logged).
         kappa: vMF concentration of the ER loss (10, the official code's default).
         entropy_branch: "online" or "target", see above.
         monitor_kappa: vMF concentration of the reported "entropy" / "reconstruction".
@@ -63,6 +65,7 @@ class BYOL(nn.Module):
         base_momentum: float = 0.996,
         final_momentum: float = 1.0,
         er: bool = False,
+        er_terms: str = "both",
         kappa: float = 10.0,
         entropy_branch: str = "online",
         monitor_kappa: float = 10.0,
@@ -77,6 +80,7 @@ class BYOL(nn.Module):
         cosine_momentum(0.0, base_momentum, final_momentum)  # validates both
         self.base_momentum, self.final_momentum = float(base_momentum), float(final_momentum)
         self.er = bool(er)
+        self.er_terms = checks.choice(er_terms, "er_terms", ER_TERMS)
         self.kappa = checks.positive(kappa, "kappa")
         self.entropy_branch = checks.choice(entropy_branch, "entropy_branch", ("online", "target"))
         self.monitor_kappa = checks.positive(monitor_kappa, "monitor_kappa")
@@ -102,8 +106,7 @@ class BYOL(nn.Module):
                 terms.append((h, er.reconstruction))
             h = (terms[0][0] + terms[1][0]) / 2
             rec = (terms[0][1] + terms[1][1]) / 2
-            loss = -(h + rec)
-            extra = {"loss_entropy": h, "loss_reconstruction": rec}
+            loss, extra = er_loss(h, rec, self.er_terms)
         else:
             loss = byol_loss(p1, t2, self.distributed) + byol_loss(p2, t1, self.distributed)
         return report(loss, projection_metrics(z1, z2, self.monitor_kappa, self.distributed), extra)

@@ -26,6 +26,8 @@ from mvssl_core.heads import (
 )
 from mvssl_core.losses import deepcluster_loss, spherical_kmeans
 from mvssl_core.methods.step import (
+    ER_TERMS,
+    er_loss,
     StepOutput,
     assignment_metrics,
     check_views,
@@ -71,6 +73,8 @@ class DeepCluster(nn.Module):
         kmeans_iters: k-means iterations (10).
         seed: seed of the k-means initialisation (with the epoch).
         er: use the discrete ER bound as the loss.
+        er_terms: with ``er``, maximise \"both\" terms of the bound, or only the \"entropy\" or the
+            \"reconstruction\" term (the ablation; both are still logged).
         target_temperature: tau of the ER targets (None: ``temperature``).
         monitor_kappa: vMF concentration of the reported continuous "entropy".
         distributed: bank, losses and metrics over the global batch.
@@ -93,6 +97,7 @@ class DeepCluster(nn.Module):
         kmeans_iters: int = 10,
         seed: int = 0,
         er: bool = False,
+        er_terms: str = "both",
         target_temperature: float | None = None,
         monitor_kappa: float = 10.0,
         distributed: bool = False,
@@ -112,6 +117,7 @@ class DeepCluster(nn.Module):
         self.kmeans_iters = checks.positive_int(kmeans_iters, "kmeans_iters", minimum=0)
         self.seed = int(seed)
         self.er = bool(er)
+        self.er_terms = checks.choice(er_terms, "er_terms", ER_TERMS)
         self.target_temperature = (
             None if target_temperature is None else checks.positive(target_temperature, "target_temperature")
         )
@@ -176,8 +182,7 @@ class DeepCluster(nn.Module):
                 )
             h = torch.stack([t.entropy for t in terms]).mean()
             rec = torch.stack([t.reconstruction for t in terms]).mean()
-            loss = -(h + rec)
-            extra = {"loss_entropy": h, "loss_reconstruction": rec}
+            loss, extra = er_loss(h, rec, self.er_terms)
         elif self.clustered:
             idx = indices.to(self.assignments.device)
             targets = [a[idx].repeat(n_crops) for a in self.assignments]

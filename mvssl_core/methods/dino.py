@@ -17,6 +17,8 @@ from mvssl_core.ema import cosine_momentum, ema_update_, frozen_copy
 from mvssl_core.heads import DINO_HEAD, DINOHead, DINOHeadSpec
 from mvssl_core.losses import DINOCenter, dino_loss, teacher_temperature
 from mvssl_core.methods.step import (
+    ER_TERMS,
+    er_loss,
     StepOutput,
     assignment_metrics,
     check_views,
@@ -59,6 +61,8 @@ class DINO(nn.Module):
         freeze_last_layer: fraction of training during which the head's last layer gets no
             gradient (DINO freezes it during the first epoch: 1 / epochs).
         er: use the discrete ER bound as the loss.
+        er_terms: with ``er``, maximise \"both\" terms of the bound, or only the \"entropy\" or the
+            \"reconstruction\" term (the ablation; both are still logged).
         entropy_branch: "student" or "teacher", see above.
         monitor_kappa: vMF concentration of the reported continuous "entropy" (on the head's
             normalised bottleneck of the student's first two global crops).
@@ -82,6 +86,7 @@ class DINO(nn.Module):
         final_momentum: float = 1.0,
         freeze_last_layer: float = 0.0,
         er: bool = False,
+        er_terms: str = "both",
         entropy_branch: str = "student",
         monitor_kappa: float = 10.0,
         distributed: bool = False,
@@ -96,6 +101,7 @@ class DINO(nn.Module):
         self.teacher_schedule = (teacher_temperature_start, teacher_temperature_end, teacher_temperature_warmup)
         teacher_temperature(0.0, *self.teacher_schedule)  # validates
         self.er = bool(er)
+        self.er_terms = checks.choice(er_terms, "er_terms", ER_TERMS)
         self.centering = (not self.er) if centering is None else bool(centering)
         cosine_momentum(0.0, base_momentum, final_momentum)  # validates
         self.base_momentum, self.final_momentum = float(base_momentum), float(final_momentum)
@@ -127,8 +133,7 @@ class DINO(nn.Module):
                 distributed=self.distributed,
             )
             h, rec = er.entropy, er.reconstruction
-            loss = -(h + rec)
-            extra = {"loss_entropy": h, "loss_reconstruction": rec}
+            loss, extra = er_loss(h, rec, self.er_terms)
         else:
             loss = dino_loss(student, teacher, center, tau_s, tau_t, self.distributed)
         if self.centering and torch.is_grad_enabled():

@@ -15,7 +15,7 @@ from mvssl_core import _checks as checks
 from mvssl_core import bounds
 from mvssl_core.heads import SIMCLR_PROJECTOR, MLPSpec, build_mlp
 from mvssl_core.losses import nt_xent
-from mvssl_core.methods.step import StepOutput, check_views, forward_crops, projection_metrics, report
+from mvssl_core.methods.step import ER_TERMS, StepOutput, check_views, forward_crops, projection_metrics, er_loss, report
 
 __all__ = ["SimCLR"]
 
@@ -36,6 +36,8 @@ class SimCLR(nn.Module):
         projector: the projection MLP (:data:`mvssl_core.heads.SIMCLR_PROJECTOR`).
         temperature: NT-Xent temperature tau (0.1).
         er: use the ER bound as the loss.
+        er_terms: with ``er``, maximise \"both\" terms of the bound, or only the \"entropy\" or the
+            \"reconstruction\" term (the ablation; both are still logged).
         kappa: vMF concentration of the ER loss.
         estimator: KDE entropy estimator of the ER loss, "joe" or "plugin".
         monitor_kappa: vMF concentration of the reported "entropy" / "reconstruction".
@@ -50,6 +52,7 @@ class SimCLR(nn.Module):
         projector: MLPSpec = SIMCLR_PROJECTOR,
         temperature: float = 0.1,
         er: bool = False,
+        er_terms: str = "both",
         kappa: float = 10.0,
         estimator: str = "joe",
         monitor_kappa: float = 10.0,
@@ -60,6 +63,7 @@ class SimCLR(nn.Module):
         self.projector = build_mlp(feature_dim, projector)
         self.temperature = checks.positive(temperature, "temperature")
         self.er = bool(er)
+        self.er_terms = checks.choice(er_terms, "er_terms", ER_TERMS)
         self.kappa = checks.positive(kappa, "kappa")
         self.estimator = checks.choice(estimator, "estimator", ("joe", "plugin"))
         self.monitor_kappa = checks.positive(monitor_kappa, "monitor_kappa")
@@ -74,11 +78,7 @@ class SimCLR(nn.Module):
         if self.er:
             kw = dict(kappa=self.kappa, estimator=self.estimator, distributed=self.distributed)
             a, b = bounds.er_bound(z1, z2, **kw), bounds.er_bound(z2, z1, **kw)
-            loss = -(a.bound + b.bound) / 2
-            extra = {
-                "loss_entropy": (a.entropy + b.entropy) / 2,
-                "loss_reconstruction": (a.reconstruction + b.reconstruction) / 2,
-            }
+            loss, extra = er_loss((a.entropy + b.entropy) / 2, (a.reconstruction + b.reconstruction) / 2, self.er_terms)
         else:
             loss = nt_xent(z1, z2, temperature=self.temperature, distributed=self.distributed)
         return report(loss, projection_metrics(z1, z2, self.monitor_kappa, self.distributed), extra)

@@ -18,6 +18,8 @@ from mvssl_core import bounds, dist
 from mvssl_core.heads import SWAV_PROJECTOR, SWAV_PROTOTYPES, MLPSpec, Prototypes, PrototypeSpec, as_spec, build_mlp
 from mvssl_core.losses import SwAVQueue, sinkhorn, swav_loss
 from mvssl_core.methods.step import (
+    ER_TERMS,
+    er_loss,
     StepOutput,
     assignment_metrics,
     check_views,
@@ -58,6 +60,8 @@ class SwAV(nn.Module):
         freeze_prototypes: fraction of training during which the prototypes get no gradient
             (SwAV: the first epoch, 1 / epochs).
         er: use the discrete ER bound as the loss.
+        er_terms: with ``er``, maximise \"both\" terms of the bound, or only the \"entropy\" or the
+            \"reconstruction\" term (the ablation; both are still logged).
         target_temperature: tau of the ER targets (None: ``temperature``).
         monitor_kappa: vMF concentration of the reported continuous "entropy".
         distributed: Sinkhorn, losses and metrics over the global batch.
@@ -78,6 +82,7 @@ class SwAV(nn.Module):
         queue_start: float = 0.0,
         freeze_prototypes: float = 0.0,
         er: bool = False,
+        er_terms: str = "both",
         target_temperature: float | None = None,
         monitor_kappa: float = 10.0,
         distributed: bool = False,
@@ -97,6 +102,7 @@ class SwAV(nn.Module):
         self.queue_start = float(queue_start)
         self.freeze_prototypes = float(freeze_prototypes)
         self.er = bool(er)
+        self.er_terms = checks.choice(er_terms, "er_terms", ER_TERMS)
         self.target_temperature = (
             None if target_temperature is None else checks.positive(target_temperature, "target_temperature")
         )
@@ -122,8 +128,7 @@ class SwAV(nn.Module):
                 distributed=self.distributed,
             )
             h, rec = er.entropy, er.reconstruction
-            loss = -(h + rec)
-            extra = {"loss_entropy": h, "loss_reconstruction": rec}
+            loss, extra = er_loss(h, rec, self.er_terms)
         else:
             use_queue = self.queue is not None and progress >= self.queue_start
             codes = []

@@ -1,0 +1,316 @@
+"""Pre-training experiments of part 2 of the book: many short runs of the trainer on a small data set,
+each recorded with its curves and final accuracies in one results file per experiment.
+
+Usage:
+    python scripts/experiments/ssl_runs.py                      # every experiment (make results): ~1 h on 2 cores
+    python scripts/experiments/ssl_runs.py dynamics clustering  # only these
+    python scripts/experiments/ssl_runs.py --smoke --out-dir /tmp/r   # seconds; run by tests/test_experiments.py
+    python scripts/experiments/ssl_runs.py batch --data cifar10 --data-root ~/data   # the same on CIFAR-10
+
+Experiments (one file each, ``results/ssl/<name>.json``):
+
+- ``dynamics``: BYOL and DINO as published (at this scale) and their ablations: BYOL with the EMA
+  coefficient swept (0 = no EMA, the target is a copy of the online network) and without the predictor;
+  DINO without centring, without EMA, and with constant teacher temperatures. Curves of the entropy
+  (vMF KDE of the projections, and the discrete entropy of DINO's assignments) and reconstruction.
+- ``clustering``: SwAV and DeepCluster with K = 8 ... 512 prototypes / clusters: entropy of the
+  assignments against log K and the reconstruction (cross-entropy) over training.
+- ``batch``: every method and its ER variant at several batch sizes (same number of epochs, learning
+  rate scaled linearly with the batch), several seeds: kNN and linear-probe accuracy.
+- ``ema``: BYOL, DINO and their ER variants at several constant EMA coefficients.
+- ``ablation``: ER variants that maximise only the entropy or only the reconstruction term
+  (``er_terms``), beside both.
+
+Every run goes through :func:`mvssl_core.train.train` (the trainer of ``pretrain.sh``) in a temporary
+folder; the record keeps, per run, the logged metrics (every ``log_every`` steps), the final kNN and
+linear-probe accuracies on the held-out split, and the run's resolved configuration. Each experiment
+also records the accuracies of the same backbone at random initialisation (per seed), the floor any
+pre-training should beat. Runs are independent processes (``--jobs``, one thread each) and seeded;
+a run's numbers do not depend on ``--jobs``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as futures
+import copy
+import functools
+import multiprocessing
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # run as a script from a checkout without installing
+    sys.path.insert(0, str(ROOT))
+
+from mvssl_core.config import BATCHED_VIEWS  # noqa: E402
+from mvssl_core.results import SCHEMA, provenance, write_results  # noqa: E402
+
+DEFAULT_OUT_DIR = ROOT / "results" / "ssl"
+FAMILIES = ("simclr", "byol", "dino", "swav", "deepcluster")
+KEEP = (  # logged metrics kept in the record
+    "step", "epoch", "lr", "loss", "entropy", "reconstruction", "collapse_std", "effective_rank",
+    "discrete_entropy", "discrete_reconstruction", "loss_entropy", "loss_reconstruction", "probe_acc",
+)
+
+# Heads sized for a 64-dimensional backbone and 16 px digits (the papers' sizes divided down).
+HEADS = {
+    "simclr": {"projector": {"hidden": 128, "out": 64}, "temperature": 0.2},
+    "byol": {"projector": {"hidden": 128, "out": 64}, "predictor": {"hidden": 128, "out": 64},
+             "base_momentum": 0.99, "final_momentum": 1.0},
+    "dino": {"head": {"hidden": 128, "bottleneck": 64, "out": 256}, "base_momentum": 0.99, "final_momentum": 1.0},
+    "swav": {"projector": {"hidden": 128, "out": 64}, "prototypes": {"n_prototypes": 64}, "queue_length": 0},
+    "deepcluster": {"projector": {"hidden": 128, "out": 64}, "prototypes": {"n_prototypes": 64, "heads": 1}},
+}
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Sizes shared by every run of one invocation (the full one, or the seconds-long smoke one)."""
+
+    data: str = "digits"
+    data_root: str = "data"
+    size: int = 16
+    widths: tuple[int, ...] = (16, 32)
+    lr: float = 0.1
+    epochs: int = 15                  # batch / ema / ablation runs
+    dynamics_epochs: int = 30         # dynamics / clustering runs
+    batch_size: int = 128             # dynamics / clustering / ablation
+    ema_batch_size: int = 64
+    batch_sizes: tuple[int, ...] = (16, 64, 256)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    dynamics_seeds: tuple[int, ...] = (0, 1)
+    prototypes: tuple[int, ...] = (8, 32, 128, 512)
+    emas: tuple[float, ...] = (0.0, 0.9, 0.99)
+    points: int = 60                  # logged points per run (about)
+    steps: int | None = None          # smoke: a fixed, tiny number of steps per run
+    max_runs: int | None = None       # smoke: the first runs of each experiment only
+
+    @staticmethod
+    def smoke(data: str = "digits", data_root: str = "data") -> "Scale":
+        return Scale(data=data, data_root=data_root, size=8, widths=(4, 8), batch_size=16, ema_batch_size=16,
+                     batch_sizes=(16, 32), seeds=(0,), dynamics_seeds=(0,), prototypes=(4, 8), emas=(0.0, 0.9),
+                     points=3, steps=3, max_runs=3)
+
+
+@dataclass
+class Run:
+    """One pre-training run of an experiment: the labels the chapters group by, and its config."""
+
+    name: str
+    family: str
+    method: str
+    variant: str
+    seed: int
+    batch_size: int
+    epochs: int
+    hyper: dict = field(default_factory=dict)
+    labels: dict = field(default_factory=dict)  # e.g. {"ema": 0.9} or {"K": 32}
+
+
+def _hyper(family: str, **changes) -> dict:
+    hyper = copy.deepcopy(HEADS[family])
+    hyper.update(changes)
+    return hyper
+
+
+def dynamics(s: Scale) -> list[Run]:
+    variants = [
+        ("byol", "published", {}),
+        ("byol", "no EMA", {"base_momentum": 0.0, "final_momentum": 0.0}),
+        ("byol", "EMA 0.9", {"base_momentum": 0.9, "final_momentum": 0.9}),
+        ("byol", "EMA 0.999", {"base_momentum": 0.999, "final_momentum": 0.999}),
+        ("byol", "no predictor", {"predictor": None}),
+        ("byol", "no predictor, no EMA", {"predictor": None, "base_momentum": 0.0, "final_momentum": 0.0}),
+        ("dino", "published", {}),
+        ("dino", "no centring", {"centering": False}),
+        ("dino", "no EMA", {"base_momentum": 0.0, "final_momentum": 0.0}),
+        ("dino", "teacher T 0.04", {"teacher_temperature_start": 0.04, "teacher_temperature_end": 0.04}),
+        ("dino", "teacher T 0.1 (no sharpening)", {"teacher_temperature_start": 0.1, "teacher_temperature_end": 0.1}),
+    ]
+    return [Run(f"{fam}/{variant}/s{seed}", fam, fam, variant, seed, s.batch_size, s.dynamics_epochs, _hyper(fam, **ch))
+            for fam, variant, ch in variants for seed in s.dynamics_seeds]
+
+
+def clustering(s: Scale) -> list[Run]:
+    runs = []
+    for fam in ("swav", "deepcluster"):
+        for k in s.prototypes:
+            protos = {"n_prototypes": k} if fam == "swav" else {"n_prototypes": k, "heads": 1}
+            for seed in s.dynamics_seeds:
+                runs.append(Run(f"{fam}/K={k}/s{seed}", fam, fam, f"K={k}", seed, s.batch_size, s.dynamics_epochs,
+                                _hyper(fam, prototypes=protos), {"K": k}))
+    return runs
+
+
+def batch(s: Scale) -> list[Run]:
+    return [Run(f"{m}/b={b}/s{seed}", fam, m, "ER" if er else "original", seed, b, s.epochs, _hyper(fam),
+                {"batch_size": b})
+            for fam in FAMILIES for er in (False, True) for m in [fam + ("_er" if er else "")]
+            for b in s.batch_sizes for seed in s.seeds]
+
+
+def ema(s: Scale) -> list[Run]:
+    return [Run(f"{m}/ema={lam}/s{seed}", fam, m, "ER" if er else "original", seed, s.ema_batch_size, s.epochs,
+                _hyper(fam, base_momentum=lam, final_momentum=lam), {"ema": lam})
+            for fam in ("byol", "dino") for er in (False, True) for m in [fam + ("_er" if er else "")]
+            for lam in s.emas for seed in s.seeds]
+
+
+def ablation(s: Scale) -> list[Run]:
+    return [Run(f"{fam}_er/{terms}/s{seed}", fam, f"{fam}_er", terms, seed, s.batch_size, s.epochs,
+                _hyper(fam, er_terms=terms), {"er_terms": terms})
+            for fam in ("simclr", "byol", "dino") for terms in ("both", "entropy", "reconstruction")
+            for seed in s.seeds]
+
+
+EXPERIMENTS = {"dynamics": dynamics, "clustering": clustering, "batch": batch, "ema": ema, "ablation": ablation}
+DATASET_NOTE = {"digits": "scikit-learn digits (1,797 8x8 images, 10 classes), 80/20 split, rendered at {size} px"}
+
+
+@functools.lru_cache(maxsize=None)
+def _n_train(data: str, root: str, size: int) -> int:
+    from mvssl_core.config import RunConfig, from_dict
+    from mvssl_core.train import build_train_set
+
+    return len(build_train_set(from_dict(RunConfig, {"data": {"name": data, "root": root, "size": size}})))
+
+
+def run_config(run: Run, s: Scale) -> dict:
+    """The trainer's configuration of one run (a dict of :class:`mvssl_core.config.RunConfig`)."""
+    steps_per_epoch = _n_train(s.data, s.data_root, s.size) // run.batch_size
+    total = s.steps if s.steps is not None else run.epochs * steps_per_epoch
+    return {
+        "method": run.method,
+        "hyper": run.hyper,
+        "data": {"name": s.data, "root": s.data_root, "size": s.size, "views": "simclr",
+                 "view_kwargs": {"strength": 0.5, "scale": [0.2, 1.0]}, "gpu_pipeline": s.data in BATCHED_VIEWS},
+        "model": {"backbone": "convnet", "kwargs": {"widths": list(s.widths)}},
+        "optim": {"name": "sgd", "lr": s.lr, "scale_lr": True, "weight_decay": 1e-5, "warmup_epochs": 1.0},
+        "batch_size": run.batch_size,
+        "epochs": run.epochs,
+        "steps": s.steps,
+        "seed": run.seed,
+        "num_workers": 0,
+        "log_every": max(1, total // s.points),
+        "checkpoint_every": 0,
+        "progress": False,
+        "eval": {"knn": True, "linear": True},
+    }
+
+
+def _one(run: Run, s: Scale) -> dict:
+    """Train one run in a temporary folder (a worker process) and return its entry of the record."""
+    import torch
+
+    from mvssl_core.config import RunConfig, from_dict
+    from mvssl_core.train import train
+
+    torch.set_num_threads(1)
+    values = run_config(run, s)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="mvssl-exp-") as tmp:
+        values["out"] = tmp
+        record = train(from_dict(RunConfig, values))
+    history = record["metrics"]["history"]
+    return {
+        "name": run.name, "family": run.family, "method": run.method, "variant": run.variant, "seed": run.seed,
+        "batch_size": run.batch_size, "epochs": run.epochs, "labels": run.labels,
+        "steps": record["metrics"]["steps"],
+        "history": {k: history[k] for k in KEEP if k in history},
+        "final": record["metrics"]["final"],
+        "seconds": round(time.perf_counter() - t0, 2),
+        "config": {k: v for k, v in record["config"].items() if k not in ("out", "progress")},
+    }
+
+
+def _random_init(seed: int, s: Scale) -> dict:
+    """kNN and linear-probe accuracy of the backbone at random initialisation (same seed as the runs)."""
+    import torch
+
+    from mvssl_core.config import RunConfig, from_dict
+    from mvssl_core.train import build_model, build_train_set, evaluate_run
+
+    torch.set_num_threads(1)
+    values = run_config(Run("random", "simclr", "simclr", "random init", seed, s.batch_size, s.epochs,
+                            _hyper("simclr")), s)
+    cfg = from_dict(RunConfig, values)
+    torch.manual_seed(seed)
+    model = build_model(cfg, len(build_train_set(cfg)))
+    return {"seed": seed, **evaluate_run(cfg, model.backbone)}
+
+
+def run_experiment(name: str, s: Scale, jobs: int, out: Path, command: str) -> dict:
+    """Run every run of experiment ``name`` (``jobs`` at a time) and write its record to ``out``."""
+    runs = EXPERIMENTS[name](s)[: s.max_runs]
+    seeds = sorted({r.seed for r in runs})
+    t0 = time.perf_counter()
+    ctx = multiprocessing.get_context("spawn")
+    with futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        pending = [pool.submit(_one, r, s) for r in runs]
+        baselines = [pool.submit(_random_init, seed, s) for seed in seeds]
+        entries = []
+        for i, f in enumerate(pending):
+            entries.append(f.result())
+            e = entries[-1]
+            print(f"[{name} {i + 1}/{len(runs)}] {e['name']}: knn {e['final'].get('knn_top1', float('nan')):.3f} "
+                  f"linear {e['final'].get('linear_top1', float('nan')):.3f} ({e['seconds']:.0f} s)", flush=True)
+        random_init = [f.result() for f in baselines]
+    note = DATASET_NOTE.get(s.data, "{size} px").format(size=s.size)
+    record = {
+        "schema": SCHEMA,
+        "method": f"ssl_runs experiment '{name}'",
+        "dataset": f"{s.data}: {note}",
+        "config": {"experiment": name, "scale": _scale_dict(s), "jobs": jobs, "heads": HEADS},
+        "seed": seeds[0],
+        "provenance": provenance(command=command),
+        "metrics": {"runs": entries, "random_init": random_init,
+                    "wall_seconds": round(time.perf_counter() - t0, 1)},
+    }
+    record["provenance"]["hardware"]["threads"] = 1  # per run (each run is its own one-thread process)
+    write_results(out, record)
+    return record
+
+
+def _scale_dict(s: Scale) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in s.__dict__.items()}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("experiments", nargs="*", metavar="EXPERIMENT",
+                   help=f"which to run (default: all): {', '.join(EXPERIMENTS)}")
+    p.add_argument("--smoke", action="store_true", help="tiny networks, 3 steps, the first 3 runs (seconds)")
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each (default 2)")
+    p.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR, help=f"default {DEFAULT_OUT_DIR}")
+    p.add_argument("--data", default="digits", help="data set of mvssl_core.data (digits, cifar10, stl10, ...)")
+    p.add_argument("--data-root", default="data", help="folder of on-disk data sets")
+    args = p.parse_args(argv)
+    unknown = [e for e in args.experiments if e not in EXPERIMENTS]
+    if unknown:
+        p.error(f"unknown experiment(s) {unknown}; choose from {list(EXPERIMENTS)}")
+    if args.jobs < 1:
+        p.error(f"--jobs must be >= 1, got {args.jobs}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = shlex.join(["python", "scripts/experiments/ssl_runs.py", *(sys.argv[1:] if argv is None else argv)])
+    s = Scale.smoke(args.data, args.data_root) if args.smoke else Scale(data=args.data, data_root=args.data_root)
+    if args.data != "digits" and not args.smoke:
+        s = Scale(data=args.data, data_root=args.data_root, size=32)
+    for name in args.experiments or list(EXPERIMENTS):
+        out = args.out_dir / f"{name}.json"
+        record = run_experiment(name, s, args.jobs, out, command)
+        print(f"{name}: {len(record['metrics']['runs'])} runs in {record['metrics']['wall_seconds']:.0f} s -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
