@@ -85,3 +85,30 @@ def test_bad_arguments_are_refused(tmp_path):
     )
     assert out.returncode != 0 and "steps-per-stage" in out.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# scripts/experiments/mi_not_enough.py (part 3 of the book)
+
+MI_NOT_ENOUGH = ROOT / "scripts" / "experiments" / "mi_not_enough.py"
+
+
+def test_mi_not_enough_smoke(tmp_path):
+    out = tmp_path / "m.json"
+    done = subprocess.run([sys.executable, str(MI_NOT_ENOUGH), "--smoke", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    record = load_results(out)
+    metrics, cfg = record["metrics"], record["config"]
+    assert cfg["steps"] < 20 and "--smoke" in record["provenance"]["command"]
+    assert metrics["log_k"] == math.log(cfg["batch_size"])
+    assert {r["objective"] for r in metrics["runs"]} == set(cfg["objectives"])
+    raw = metrics["raw_pixels"]["probe_test_top1"]
+    for run in metrics["runs"]:
+        curve = run["curve"]
+        assert curve["step"][0] == 0 and curve["step"][-1] == cfg["steps"]
+        # the flows start as the identity: the first probe is the raw-pixel probe, the log-det is 0
+        assert curve["probe_test_top1"][0] == raw and curve["log_det"][0] == 0.0
+        # an InfoNCE estimate never exceeds log k, on either split
+        assert max(curve["infonce_train"] + curve["infonce_test"]) <= metrics["log_k"] + 1e-6
+        assert all(len(v) == len(curve["step"]) for v in curve.values())
