@@ -244,8 +244,12 @@ def _random_init(seed: int, s: Scale) -> dict:
     return {"seed": seed, **evaluate_run(cfg, model.backbone)}
 
 
-def run_experiment(name: str, s: Scale, jobs: int, out: Path, command: str) -> dict:
-    """Run every run of experiment ``name`` (``jobs`` at a time) and write its record to ``out``."""
+def run_experiment(name: str, s: Scale, jobs: int, out: Path, prov: dict) -> dict:
+    """Run every run of experiment ``name`` (``jobs`` at a time) and write its record to ``out``.
+
+    ``prov`` is the provenance taken when the command started (:func:`mvssl_core.results.provenance`):
+    taken later, the results files this command had already written would make the checkout look dirty.
+    """
     runs = EXPERIMENTS[name](s)[: s.max_runs]
     seeds = sorted({r.seed for r in runs})
     t0 = time.perf_counter()
@@ -267,7 +271,7 @@ def run_experiment(name: str, s: Scale, jobs: int, out: Path, command: str) -> d
         "dataset": f"{s.data}: {note}",
         "config": {"experiment": name, "scale": _scale_dict(s), "jobs": jobs, "heads": HEADS},
         "seed": seeds[0],
-        "provenance": provenance(command=command),
+        "provenance": copy.deepcopy(prov),
         "metrics": {"runs": entries, "random_init": random_init,
                     "wall_seconds": round(time.perf_counter() - t0, 1)},
     }
@@ -305,9 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     s = Scale.smoke(args.data, args.data_root) if args.smoke else Scale(data=args.data, data_root=args.data_root)
     if args.data != "digits" and not args.smoke:
         s = Scale(data=args.data, data_root=args.data_root, size=32)
+    prov = provenance(command=command)
     for name in args.experiments or list(EXPERIMENTS):
         out = args.out_dir / f"{name}.json"
-        record = run_experiment(name, s, args.jobs, out, command)
+        record = run_experiment(name, s, args.jobs, out, prov)
         print(f"{name}: {len(record['metrics']['runs'])} runs in {record['metrics']['wall_seconds']:.0f} s -> {out}")
     return 0
 
