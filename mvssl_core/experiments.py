@@ -11,7 +11,8 @@ A record (``results/ssl/<experiment>.json``, schema of :mod:`mvssl_core.results`
 and under ``metrics.random_init`` the accuracies of the untrained backbone per seed.
 :func:`load_experiment` validates all of it (:class:`~mvssl_core.results.ResultsError` naming the
 run and field); :func:`summarise` and :func:`mean_curve` give the mean and spread over seeds that
-the chapters plot.
+the chapters plot. :func:`load_published` reads the published reference accuracies
+(``book/data/published_imagenet.yaml``), validated the same way.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ import os
 import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from mvssl_core.results import ResultsError, load_results
 
-__all__ = ["RUN_FIELDS", "load_experiment", "select", "Summary", "summarise", "mean_curve"]
+__all__ = ["RUN_FIELDS", "load_experiment", "select", "Summary", "summarise", "mean_curve", "load_published",
+           "published_values"]
 
 RUN_FIELDS = {
     "name": str, "family": str, "method": str, "variant": str, "seed": int, "batch_size": int,
@@ -112,3 +115,113 @@ def mean_curve(runs: list[dict], metric: str) -> tuple[list[int], list[float], l
     columns = [run["history"].get(metric, [None] * len(steps)) for run in runs]
     stats = [Summary.of(col[i] for col in columns) for i in range(len(steps))]
     return list(steps), [s.mean for s in stats], [s.sd for s in stats]
+
+
+# ------------------------------------------------------------------------------------------------
+# Published reference numbers (book/data/published_imagenet.yaml): reported by others, never measured here
+
+_SOURCE_FIELDS = ("key", "title", "venue", "openreview", "note")
+_TABLE_FIELDS = {"title": str, "varies": str, "fixed": dict, "reference": int, "deltas_at": list, "rows": list}
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def load_published(path: str | os.PathLike) -> dict:
+    """Read and validate a file of published accuracies (``book/data/published_imagenet.yaml``).
+
+    The file (YAML) holds a ``source`` block (``key`` of ``book/references.bib``, ``title``, ``venue``,
+    ``openreview``, ``note``: non-empty strings), a ``metric`` and ``tables``: each table fixes some
+    settings (``fixed``, e.g. ``{epochs: 400}``), varies one (``varies``, e.g. ``batch_size``) and lists
+    ``rows`` of ``{method, top1, deltas}``: ``top1`` at the ``reference`` setting and ``deltas`` (points)
+    at each setting of ``deltas_at``, in that order. Accuracies are percentages in [0, 100].
+
+    Returns:
+        The decoded file (a dict), unchanged.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ResultsError: the file is not YAML, or a field is missing or malformed (the message names the
+            file and the field, e.g. ``tables.batch_size.rows[2].deltas``).
+    """
+    import yaml  # a dependency of mvssl_core (configs); imported here to keep this module light
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"published-results file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ResultsError(f"{path}: cannot read it as YAML ({str(e).splitlines()[0]})") from None
+
+    def fail(field: str, message: str) -> None:
+        raise ResultsError(f"{path}: field '{field}' {message}")
+
+    if not isinstance(data, dict):
+        raise ResultsError(f"{path}: must hold a mapping with 'source', 'metric' and 'tables'")
+    source = data.get("source")
+    if not isinstance(source, dict):
+        fail("source", "is missing or not a mapping")
+    for name in _SOURCE_FIELDS:
+        value = source.get(name)
+        if not isinstance(value, str) or not value.strip():
+            fail(f"source.{name}", f"must be a non-empty string, got {value!r:.60}")
+    if not isinstance(data.get("metric"), str) or not data["metric"].strip():
+        fail("metric", "must be a non-empty string")
+    tables = data.get("tables")
+    if not isinstance(tables, dict) or not tables:
+        fail("tables", "must be a non-empty mapping of tables")
+    for tname, table in tables.items():
+        where = f"tables.{tname}"
+        if not isinstance(table, dict):
+            fail(where, "must be a mapping")
+        for name, kind in _TABLE_FIELDS.items():
+            value = table.get(name)
+            if name not in table:
+                fail(f"{where}.{name}", "is missing")
+            if not isinstance(value, kind) or isinstance(value, bool):
+                fail(f"{where}.{name}", f"must be {kind.__name__}, got {type(value).__name__}")
+        for key, value in table["fixed"].items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                fail(f"{where}.fixed.{key}", f"must be a whole number >= 1, got {value!r}")
+        settings = [table["reference"], *table["deltas_at"]]
+        if any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in settings):
+            fail(f"{where}.deltas_at", f"must be whole numbers >= 1 besides the reference, got {settings}")
+        if len(set(settings)) != len(settings) or not table["deltas_at"]:
+            fail(f"{where}.deltas_at", f"must be distinct settings other than the reference {table['reference']}")
+        if not table["rows"]:
+            fail(f"{where}.rows", "must list at least one method")
+        seen: set[str] = set()
+        for i, row in enumerate(table["rows"]):
+            rwhere = f"{where}.rows[{i}]"
+            if not isinstance(row, dict):
+                fail(rwhere, "must be a mapping {method, top1, deltas}")
+            method = row.get("method")
+            if not isinstance(method, str) or not method.strip():
+                fail(f"{rwhere}.method", f"must be a non-empty string, got {method!r:.60}")
+            if method in seen:
+                fail(f"{rwhere}.method", f"repeats {method!r}")
+            seen.add(method)
+            top1 = row.get("top1")
+            if not _is_number(top1) or not 0.0 <= top1 <= 100.0:
+                fail(f"{rwhere}.top1", f"must be a percentage in [0, 100], got {top1!r:.60}")
+            deltas = row.get("deltas")
+            if (not isinstance(deltas, list) or len(deltas) != len(table["deltas_at"])
+                    or not all(_is_number(d) for d in deltas)):
+                fail(f"{rwhere}.deltas", f"must be {len(table['deltas_at'])} numbers (one per deltas_at), "
+                                         f"got {deltas!r:.60}")
+            if not all(0.0 <= top1 + d <= 100.0 for d in deltas):
+                fail(f"{rwhere}.deltas", f"take {method}'s top-1 {top1} outside [0, 100]: {deltas}")
+    return data
+
+
+def published_values(table: dict) -> dict[str, dict[int, float]]:
+    """Absolute accuracies of a table of :func:`load_published`: ``{method: {setting: top1}}``.
+
+    The reference setting comes first, then ``deltas_at`` in the table's order; each value is
+    ``top1 + delta`` rounded to 0.1 point (the published precision).
+    """
+    return {row["method"]: {table["reference"]: float(row["top1"]),
+                            **{s: round(row["top1"] + d, 1) for s, d in zip(table["deltas_at"], row["deltas"])}}
+            for row in table["rows"]}

@@ -112,3 +112,87 @@ def test_mi_not_enough_smoke(tmp_path):
         # an InfoNCE estimate never exceeds log k, on either split
         assert max(curve["infonce_train"] + curve["infonce_test"]) <= metrics["log_k"] + 1e-6
         assert all(len(v) == len(curve["step"]) for v in curve.values())
+
+
+# ------------------------------------------------------------------------------------------------
+# scripts/experiments/ssl_runs.py (the pre-training experiments of part 2)
+
+SSL_RUNS = ROOT / "scripts" / "experiments" / "ssl_runs.py"
+
+
+def _ssl_runs_module():
+    """The script imported as a module (its EXPERIMENTS and Scale), without running it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ssl_runs_under_test", SSL_RUNS)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _ssl(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, str(SSL_RUNS), *args], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    if check:
+        assert out.returncode == 0, f"ssl_runs.py {' '.join(args)} failed:\n{out.stdout}\n{out.stderr[-3000:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def ssl_smoke_dir(tmp_path_factory):
+    """Every experiment in --smoke mode, one job (about half a minute on 2 cores)."""
+    folder = tmp_path_factory.mktemp("ssl_smoke")
+    _ssl("--smoke", "--jobs", "1", "--out-dir", str(folder))
+    return folder
+
+
+def test_ssl_runs_smoke_writes_one_valid_file_per_experiment(ssl_smoke_dir):
+    from mvssl_core.experiments import load_experiment
+
+    ssl_runs = _ssl_runs_module()
+    assert sorted(p.stem for p in ssl_smoke_dir.glob("*.json")) == sorted(ssl_runs.EXPERIMENTS)
+    smoke_scale = ssl_runs._scale_dict(ssl_runs.Scale.smoke())
+    for name, make_runs in ssl_runs.EXPERIMENTS.items():
+        record = load_experiment(ssl_smoke_dir / f"{name}.json")  # validates every run
+        cfg = record["config"]
+        assert cfg["experiment"] == name and cfg["jobs"] == 1
+        assert cfg["scale"] == smoke_scale  # the smoke scale, not the full one
+        assert "ssl_runs.py --smoke --jobs 1" in record["provenance"]["command"]
+        runs = record["metrics"]["runs"]
+        expected = make_runs(ssl_runs.Scale.smoke())[: smoke_scale["max_runs"]]
+        assert [r["name"] for r in runs] == [r.name for r in expected]
+        for run in runs:
+            assert run["steps"] == smoke_scale["steps"]
+            assert run["config"]["model"]["kwargs"]["widths"] == smoke_scale["widths"]
+            for key in ("knn_top1", "linear_top1"):
+                assert 0.0 <= run["final"][key] <= 1.0, (name, run["name"], key)
+        seeds = sorted({r["seed"] for r in runs})
+        random_init = record["metrics"]["random_init"]
+        assert [r["seed"] for r in random_init] == seeds  # the floor, for every seed of the runs
+        assert all(0.0 <= r["knn_top1"] <= 1.0 and 0.0 <= r["linear_top1"] <= 1.0 for r in random_init)
+        assert record["metrics"]["wall_seconds"] > 0
+
+
+def test_ssl_runs_smoke_is_deterministic(ssl_smoke_dir, tmp_path):
+    from mvssl_core.experiments import load_experiment
+
+    _ssl("batch", "--smoke", "--jobs", "2", "--out-dir", str(tmp_path))  # another --jobs: same numbers
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == ["batch.json"]
+    a, b = (load_experiment(folder / "batch.json")["metrics"] for folder in (ssl_smoke_dir, tmp_path))
+    assert [(r["name"], r["final"]) for r in a["runs"]] == [(r["name"], r["final"]) for r in b["runs"]]
+    assert [r["history"] for r in a["runs"]] == [r["history"] for r in b["runs"]]
+    assert a["random_init"] == b["random_init"]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["nonsense"], "nonsense"),
+    (["batch", "dynamic"], "unknown experiment"),
+    (["--jobs", "0"], "--jobs"),
+    (["--jobs", "-2"], "--jobs"),
+])
+def test_ssl_runs_refuses_bad_arguments(tmp_path, args, needle):
+    out = _ssl(*args, "--smoke", "--out-dir", str(tmp_path), check=False)
+    assert out.returncode != 0
+    assert needle in out.stderr, out.stderr
+    assert not list(tmp_path.glob("*.json"))  # refused before running anything

@@ -5,10 +5,13 @@ from __future__ import annotations
 import copy
 import math
 import statistics
+from pathlib import Path
 
 import pytest
+import yaml
 
-from mvssl_core.experiments import load_experiment, mean_curve, select, summarise
+from mvssl_core.experiments import (load_experiment, load_published, mean_curve, published_values, select,
+                                    summarise)
 from mvssl_core.results import ResultsError, SCHEMA, provenance, write_results
 
 
@@ -64,3 +67,82 @@ def test_mean_curve_refuses_runs_logged_at_different_steps():
     b["history"]["step"] = [1, 4]
     with pytest.raises(ValueError, match="different steps"):
         mean_curve([a, b], "entropy")
+
+
+# ------------------------------------------------------------------------------------------------
+# the published ImageNet numbers shipped with the book (reported by the authors, never measured here)
+
+PUBLISHED = Path(__file__).resolve().parents[1] / "book" / "data" / "published_imagenet.yaml"
+
+
+def test_shipped_published_numbers_load_and_match_the_reference_facts():
+    data = load_published(PUBLISHED)
+    src = data["source"]
+    assert src["key"] == "anonymous2022information" and src["openreview"] == "UHPva3PuKLN"
+    assert "earlier version" in src["note"].lower() and "reported by the authors" in src["note"]
+    bib = (PUBLISHED.parents[1] / "references.bib").read_text(encoding="utf-8")
+    assert "@misc{anonymous2022information," in bib  # the key the page cites exists
+    by_batch, by_epochs = data["tables"]["batch_size"], data["tables"]["epochs"]
+    assert (by_batch["reference"], by_batch["deltas_at"], by_batch["fixed"]) == (4096, [2048, 1024, 512],
+                                                                                 {"epochs": 400})
+    assert (by_epochs["reference"], by_epochs["deltas_at"], by_epochs["fixed"]) == (400, [300, 200, 100],
+                                                                                   {"batch_size": 4096})
+    rows = {t: {r["method"]: (r["top1"], r["deltas"]) for r in data["tables"][t]["rows"]} for t in data["tables"]}
+    # shared/reference/facts.md, both tables, every cell
+    assert rows["batch_size"] == {
+        "SimCLR": (69.5, [-3.1, -2.5, -4.5]), "CMC": (69.1, [-1.1, -2.9, -4.8]),
+        "BYOL": (68.3, [0.3, -15.0, -34.2]), "DINO": (71.6, [0.5, -15.0, -67.0]),
+        "EntRec (continuous)": (69.7, [-0.7, -2.3, -4.2]), "EntRec (discrete)": (66.9, [-1.0, -2.2, -3.9])}
+    assert rows["epochs"] == {
+        "SimCLR": (69.5, [-1.0, -2.2, -5.4]), "CMC": (69.1, [-0.6, -1.8, -5.6]),
+        "BYOL": (68.3, [-2.8, -6.9, -15.7]), "DINO": (71.6, [0.2, 0.3, -1.2]),
+        "EntRec (continuous)": (69.7, [-0.8, -2.1, -5.9]), "EntRec (discrete)": (66.9, [-0.2, -1.1, -4.1])}
+    # the two tables share their reference column (400 epochs, batch 4096)
+    assert {m: v[0] for m, v in rows["batch_size"].items()} == {m: v[0] for m, v in rows["epochs"].items()}
+    values = published_values(by_batch)
+    assert values["SimCLR"] == {4096: 69.5, 2048: 66.4, 1024: 67.0, 512: 65.0}
+    assert values["DINO"][512] == 4.6
+    assert list(published_values(by_epochs)["BYOL"]) == [400, 300, 200, 100]
+
+
+def _mutated(tmp_path, mutate) -> Path:
+    data = yaml.safe_load(PUBLISHED.read_text(encoding="utf-8"))
+    mutate(data)
+    path = tmp_path / "published.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda d: d.pop("source"), "'source'"),
+    (lambda d: d["source"].pop("openreview"), "'source.openreview'"),
+    (lambda d: d["source"].update(key=""), "'source.key'"),
+    (lambda d: d.pop("metric"), "'metric'"),
+    (lambda d: d.update(tables={}), "'tables'"),
+    (lambda d: d["tables"]["epochs"].pop("reference"), "'tables.epochs.reference' is missing"),
+    (lambda d: d["tables"]["epochs"].update(deltas_at=[300, 400]), "'tables.epochs.deltas_at'"),
+    (lambda d: d["tables"]["batch_size"]["rows"][0].update(top1="69.5"), r"'tables.batch_size.rows\[0\].top1'"),
+    (lambda d: d["tables"]["batch_size"]["rows"][0].update(top1=True), r"rows\[0\].top1"),
+    (lambda d: d["tables"]["batch_size"]["rows"][1].update(top1=169.1), r"rows\[1\].top1"),
+    (lambda d: d["tables"]["batch_size"]["rows"][2]["deltas"].pop(), r"'tables.batch_size.rows\[2\].deltas'"),
+    (lambda d: d["tables"]["epochs"]["rows"][3].update(deltas=[0.2, None, -1.2]), r"'tables.epochs.rows\[3\].deltas'"),
+    (lambda d: d["tables"]["epochs"]["rows"][5].update(method="SimCLR"), r"rows\[5\].method.*repeats"),
+    (lambda d: d["tables"]["epochs"]["fixed"].update(batch_size=0), "'tables.epochs.fixed.batch_size'"),
+])
+def test_malformed_published_file_is_refused_naming_the_field(tmp_path, mutate, match):
+    path = _mutated(tmp_path, mutate)
+    with pytest.raises(ResultsError, match=match) as info:
+        load_published(path)
+    assert str(path) in str(info.value)
+
+
+def test_published_file_missing_or_not_yaml(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_published(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("source: [unclosed\n", encoding="utf-8")
+    with pytest.raises(ResultsError, match="YAML"):
+        load_published(bad)
+    bad.write_text("- a list\n", encoding="utf-8")
+    with pytest.raises(ResultsError, match="mapping"):
+        load_published(bad)

@@ -1,0 +1,118 @@
+"""Every results file shipped in results/ is valid, was produced from a committed checkout by a script of
+this repository at its full (not smoke) scale, and every experiment the book loads has its file."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from mvssl_core.experiments import load_experiment
+from mvssl_core.results import load_results
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results"
+SHIPPED = sorted(RESULTS.glob("**/*.json"))
+SSL_RUNS = ROOT / "scripts" / "experiments" / "ssl_runs.py"
+
+
+def _ssl_runs_module():
+    spec = importlib.util.spec_from_file_location("ssl_runs_shipped", SSL_RUNS)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+ssl_runs = _ssl_runs_module()
+
+
+def _ids(paths):
+    return [p.relative_to(ROOT).as_posix() for p in paths]
+
+
+def _producer(command: str) -> str:
+    """What a recorded command ran: 'scripts/...py' (a script of the repo) or '-m mvssl_core' (the CLI)."""
+    argv = shlex.split(command)
+    assert len(argv) >= 2 and Path(argv[0]).name.startswith("python"), f"not a python command: {command!r}"
+    if argv[1] == "-m":
+        assert argv[2] == "mvssl_core", f"unknown module in {command!r}"
+        assert (ROOT / "mvssl_core" / "__main__.py").is_file()
+        return "-m mvssl_core"
+    script = ROOT / argv[1]
+    assert script.is_file() and script.suffix == ".py" and script.is_relative_to(ROOT / "scripts"), (
+        f"{command!r} runs {argv[1]!r}, which is not a script of this repository's scripts/")
+    return script.relative_to(ROOT).as_posix()
+
+
+def test_there_are_shipped_results():
+    assert SHIPPED, "results/ holds no results file"
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=_ids(SHIPPED))
+def test_shipped_file_is_valid_committed_and_produced_by_a_repository_script(path: Path):
+    is_ssl = path.parent == RESULTS / "ssl"
+    record = load_experiment(path) if is_ssl else load_results(path)  # raise, naming the field
+    prov = record["provenance"]
+    assert re.fullmatch(r"[0-9a-f]{40}", prov["git_commit"] or ""), f"git_commit {prov['git_commit']!r}"
+    assert prov["git_dirty"] is False, (
+        f"{path.name} was produced from a working tree with uncommitted changes (git_dirty "
+        f"{prov['git_dirty']!r}): rerun `{prov['command']}` on a clean checkout")
+    producer = _producer(prov["command"])
+    assert "--smoke" not in shlex.split(prov["command"]), f"{path.name} holds a smoke run: {prov['command']!r}"
+    if is_ssl:
+        assert producer == "scripts/experiments/ssl_runs.py"
+    elif path == RESULTS / "critics.json":
+        assert producer == "scripts/experiments/train_critics.py"
+    elif path.parent == RESULTS / "imagenet":
+        assert producer == "-m mvssl_core"  # scripts/pretrain.sh runs `python -m mvssl_core pretrain`
+        assert shlex.split(prov["command"])[3] == "pretrain"
+
+
+@pytest.mark.parametrize("name", list(ssl_runs.EXPERIMENTS))
+def test_every_experiment_has_a_full_scale_shipped_file(name: str):
+    path = RESULTS / "ssl" / f"{name}.json"
+    assert path.is_file(), f"missing {path.relative_to(ROOT)}: run python scripts/experiments/ssl_runs.py {name}"
+    record = load_experiment(path)
+    assert record["config"]["experiment"] == name
+    full = ssl_runs.Scale()
+    assert record["config"]["scale"] == ssl_runs._scale_dict(full), "not the full (default) scale"
+    expected = [run.name for run in ssl_runs.EXPERIMENTS[name](full)]
+    assert [run["name"] for run in record["metrics"]["runs"]] == expected
+    seeds = sorted({run.seed for run in ssl_runs.EXPERIMENTS[name](full)})
+    assert [r["seed"] for r in record["metrics"]["random_init"]] == seeds
+
+
+def test_no_unexpected_ssl_files():
+    extra = sorted(p.stem for p in (RESULTS / "ssl").glob("*.json") if p.stem not in ssl_runs.EXPERIMENTS)
+    assert not extra, f"results/ssl holds files of no experiment of ssl_runs.py: {extra}"
+
+
+def test_critics_file_is_shipped():
+    """book/tightness.md loads it; `make results` writes it (scripts/experiments/train_critics.py)."""
+    record = load_results(RESULTS / "critics.json")
+    cfg = record["config"]
+    assert cfg["steps_per_stage"] >= 100, "results/critics.json looks like a smoke run"
+
+
+def test_reproduce_page_lists_every_shipped_file():
+    """book/reproduce.md reads its provenance table from the files: every one of them appears in it."""
+    import jupytext
+    from _chapters import execute
+
+    chapter = ROOT / "book" / "reproduce.md"
+    nb = execute(jupytext.read(chapter), chapter.parent)
+    text = "\n".join(out.get("data", {}).get("text/markdown", "") + out.get("text", "")
+                     for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", []))
+    assert f"{len(SHIPPED)} results file(s) under `results/`" in text
+    for path in SHIPPED:
+        record = load_results(path)
+        row = next(line for line in text.splitlines() if line.startswith(f"| `{path.relative_to(ROOT).as_posix()}` |"))
+        assert f"`{record['provenance']['command']}`" in row
+        assert f"`{(record['provenance']['git_commit'] or 'not from git')[:7]}`" in row
+    for name in ssl_runs.EXPERIMENTS:
+        assert f"`results/ssl/{name}.json`" in text
