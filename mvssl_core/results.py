@@ -39,7 +39,7 @@ from typing import Any
 
 from mvssl_core.atomic import atomic_write
 
-__all__ = ["SCHEMA", "ResultsError", "provenance", "validate_results", "write_results", "load_results"]
+__all__ = ["SCHEMA", "ResultsError", "repository_root", "provenance", "validate_results", "write_results", "load_results"]
 
 SCHEMA = "mvssl-results/1"
 """Version tag of the record layout; bump it when a required field changes."""
@@ -69,6 +69,17 @@ _HARDWARE = {
     "torch": (str, type(None)),
     "threads": (int, type(None)),
 }
+
+
+def repository_root(start: str | os.PathLike | None = None) -> Path:
+    """The checkout (or unpacked tarball) of this project: the first folder from ``start`` (default: the
+    working directory, e.g. a book page's ``book/``) upwards that holds both ``mvssl_core/`` and ``book/``;
+    ``start``'s parent when none does. The book's pages find ``results/`` through it."""
+    here = Path.cwd() if start is None else Path(start).resolve()
+    for folder in [here, *here.parents]:
+        if (folder / "mvssl_core").is_dir() and (folder / "book").is_dir():
+            return folder
+    return here.parent
 
 
 class ResultsError(ValueError):

@@ -19,11 +19,9 @@ import re
 import time
 from pathlib import Path
 
-import jupytext
-import nbformat
 import numpy as np
 import pytest
-from _chapters import execute
+from _chapters import chapter_errors, check_cell, check_errors, glued_bundles, run_checks
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTER = ROOT / "book" / "mi_enough.md"
@@ -174,15 +172,10 @@ print("CHECK-EXPORT " + json.dumps({"claims": CLAIMS, "glued": GLUED, "log_k": L
 
 @pytest.fixture(scope="module")
 def executed():
-    nb = jupytext.read(CHAPTER)
-    for name, source in CHECKS.items():
-        cell = nbformat.v4.new_code_cell(source)
-        cell.metadata["tags"] = [f"check:{name}"]
-        nb.cells.append(cell)
     saved = os.environ.pop("MVSSL_MI_RESULTS", None)  # the page must read the repository's file
     try:
         t0 = time.perf_counter()
-        execute(nb, CHAPTER.parent, allow_errors=True)  # run every check cell; each test reads its own
+        nb = run_checks(CHAPTER, CHECKS)
         seconds = time.perf_counter() - t0
     finally:
         if saved is not None:
@@ -190,31 +183,8 @@ def executed():
     return nb, seconds
 
 
-def _check_cell(nb, name: str):
-    cells = [c for c in nb.cells if f"check:{name}" in c.metadata.get("tags", [])]
-    assert len(cells) == 1
-    return cells[0]
-
-
-def _errors(nb, name: str) -> list[str]:
-    return [f"{o['ename']}: {o['evalue']}\n" + "\n".join(o.get("traceback", []))
-            for o in _check_cell(nb, name).get("outputs", []) if o.get("output_type") == "error"]
-
-
-def _glued(nb) -> dict[str, dict]:
-    """name -> mime bundle (prefix stripped) of every glue() output of the chapter."""
-    out = {}
-    for cell in nb.cells:
-        for o in cell.get("outputs", []) if cell.cell_type == "code" else []:
-            name = o.get("metadata", {}).get("scrapbook", {}).get("name")
-            if name:
-                out[name] = {k.split("/", 2)[-1] if k.startswith("application/papermill.record/") else k: v
-                             for k, v in o.get("data", {}).items()}
-    return out
-
-
 def _export(nb) -> dict:
-    text = "".join(o.get("text", "") for o in _check_cell(nb, "export").get("outputs", [])
+    text = "".join(o.get("text", "") for o in check_cell(nb, "export").get("outputs", [])
                    if o.get("output_type") == "stream")
     line = next(ln for ln in text.splitlines() if ln.startswith("CHECK-EXPORT "))
     return json.loads(line.removeprefix("CHECK-EXPORT "))
@@ -230,17 +200,14 @@ def _record() -> dict:
 
 def test_chapter_cells_run(executed):
     nb, seconds = executed
-    errors = [o["ename"] + ": " + o["evalue"]
-              for c in nb.cells
-              if c.cell_type == "code" and not any(t.startswith("check:") for t in c.metadata.get("tags", []))
-              for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    errors = chapter_errors(nb)
     assert not errors, f"chapter cells failed: {errors}"
     assert seconds < 60, f"the page took {seconds:.0f} s to run (budget: 60 s)"
 
 
 @pytest.mark.parametrize("name", [n for n in CHECKS if n != "export"])
 def test_checks(executed, name):
-    errors = _errors(executed[0], name)
+    errors = check_errors(executed[0], name)
     assert not errors, errors[0]
 
 
@@ -265,7 +232,7 @@ def test_step_zero_is_the_raw_pixel_probe():
 def test_glued_numbers_match_the_record(executed):
     """The numbers of the prose, recomputed here from the raw record (means and sds over seeds)."""
     nb, _ = executed
-    glued = _glued(nb)
+    glued = glued_bundles(nb)
     record = _record()
     runs = lambda o: [r for r in record["metrics"]["runs"] if r["objective"] == o]  # noqa: E731
     col = lambda o, m, i=-1: np.array([r["curve"][m][i] for r in runs(o)], float)  # noqa: E731
@@ -317,7 +284,7 @@ def test_glued_numbers_match_the_record(executed):
 
 def test_every_glue_key_of_the_prose_exists(executed):
     nb, _ = executed
-    glued = _glued(nb)
+    glued = glued_bundles(nb)
     text = CHAPTER.read_text()
     keys = {m.split(":", 1)[0] for m in re.findall(r"\{glue:text\}`([^`]+)`", text)}
     keys |= set(re.findall(r"```\{glue:figure\} (\S+)", text))

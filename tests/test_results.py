@@ -163,3 +163,13 @@ def test_committed_results_files_are_valid():
     root = Path(__file__).resolve().parents[1] / "results"
     for path in sorted(root.glob("*.json")):
         load_results(path)
+
+
+def test_repository_root_is_found_from_any_folder_below_it(tmp_path):
+    from mvssl_core.results import repository_root
+
+    root = Path(__file__).resolve().parents[1]
+    assert repository_root(root / "book") == root
+    assert repository_root(root / "book" / "_static") == root
+    assert repository_root(root) == root
+    assert repository_root(tmp_path) == tmp_path.parent  # outside a checkout: the folder's parent

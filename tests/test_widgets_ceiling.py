@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import jupytext
-from _chapters import execute
+from _chapters import chapter_errors, check_errors, run_checks
 import nbformat
 import pytest
 
@@ -109,37 +108,15 @@ assert np.mean(all_s < np.abs(all_b)) > 0.5
 
 @pytest.fixture(scope="module")
 def executed() -> nbformat.NotebookNode:
-    nb = jupytext.read(CHAPTER)
-    for name, source in CHECKS.items():
-        cell = nbformat.v4.new_code_cell(source)
-        cell.metadata["tags"] = [f"check:{name}"]
-        nb.cells.append(cell)
-    execute(nb, CHAPTER.parent, allow_errors=True)  # run every check cell; each test reads its own
-    return nb
-
-
-def _errors(nb: nbformat.NotebookNode, name: str) -> list[str]:
-    cells = [c for c in nb.cells if f"check:{name}" in c.metadata.get("tags", [])]
-    assert len(cells) == 1
-    return [
-        f"{o['ename']}: {o['evalue']}\n" + "\n".join(o.get("traceback", []))
-        for o in cells[0].get("outputs", [])
-        if o.get("output_type") == "error"
-    ]
+    return run_checks(CHAPTER, CHECKS)
 
 
 def test_chapter_cells_run(executed):
-    errors = [
-        o["ename"]
-        for c in executed.cells
-        if c.cell_type == "code" and not any(t.startswith("check:") for t in c.metadata.get("tags", []))
-        for o in c.get("outputs", [])
-        if o.get("output_type") == "error"
-    ]
+    errors = chapter_errors(executed)
     assert not errors, f"chapter cells failed: {errors}"
 
 
 @pytest.mark.parametrize("name", list(CHECKS))
 def test_callback_checks(executed, name):
-    errors = _errors(executed, name)
+    errors = check_errors(executed, name)
     assert not errors, errors[0]

@@ -9,14 +9,12 @@ values recomputed here from ``results/ssl/clustering.json``.
 
 from __future__ import annotations
 
-import ast
 import json
 import math
 import re
 from pathlib import Path
 
-import jupytext
-from _chapters import execute
+from _chapters import chapter_errors, check_errors, run_checks, glued_values
 import nbformat
 import pytest
 
@@ -114,66 +112,29 @@ for method in METHODS:
 
 @pytest.fixture(scope="module")
 def executed() -> nbformat.NotebookNode:
-    nb = jupytext.read(CHAPTER)
-    for name, source in CHECKS.items():
-        cell = nbformat.v4.new_code_cell(source)
-        cell.metadata["tags"] = [f"check:{name}"]
-        nb.cells.append(cell)
-    execute(nb, CHAPTER.parent, allow_errors=True)  # run every check cell; each test reads its own
-    return nb
-
-
-def _errors(nb: nbformat.NotebookNode, name: str) -> list[str]:
-    cells = [c for c in nb.cells if f"check:{name}" in c.metadata.get("tags", [])]
-    assert len(cells) == 1
-    return [
-        f"{o['ename']}: {o['evalue']}\n" + "\n".join(o.get("traceback", []))
-        for o in cells[0].get("outputs", [])
-        if o.get("output_type") == "error"
-    ]
-
-
-def _glued(nb: nbformat.NotebookNode) -> dict[str, object]:
-    """Every value the chapter glued (text values decoded; figures as their text form)."""
-    values = {}
-    for cell in nb.cells:
-        for out in cell.get("outputs", []):
-            meta = out.get("metadata", {}).get("scrapbook")
-            if meta:
-                text = out["data"].get(meta["mime_prefix"] + "text/plain")
-                try:
-                    values[meta["name"]] = None if text is None else ast.literal_eval(text)
-                except (ValueError, SyntaxError):
-                    values[meta["name"]] = text
-    return values
+    return run_checks(CHAPTER, CHECKS)
 
 
 def test_chapter_cells_run(executed):
-    errors = [
-        o["ename"]
-        for c in executed.cells
-        if c.cell_type == "code" and not any(t.startswith("check:") for t in c.metadata.get("tags", []))
-        for o in c.get("outputs", [])
-        if o.get("output_type") == "error"
-    ]
+    errors = chapter_errors(executed)
     assert not errors, f"chapter cells failed: {errors}"
 
 
 @pytest.mark.parametrize("name", list(CHECKS))
 def test_callback_checks(executed, name):
-    errors = _errors(executed, name)
+    errors = check_errors(executed, name)
     assert not errors, errors[0]
 
 
-def test_every_glue_reference_is_glued(executed):
+def test_every_glue_reference_isglued_values(executed):
     text = CHAPTER.read_text()
     used = set(re.findall(r"\{glue:text\}`([^`:]+)", text)) | set(re.findall(r"```\{glue:figure\} (\S+)", text))
-    missing = used - set(_glued(executed))
+    missing = used - set(glued_values(executed))
     assert not missing, f"referenced but never glued: {sorted(missing)}"
 
 
 def test_verdicts_allowed_and_recomputed(executed):
-    glued = _glued(executed)
+    glued = glued_values(executed)
     verdicts = {k: v for k, v in glued.items() if k.startswith("v_")}
     assert len(verdicts) == 6, sorted(verdicts)
     for key, value in verdicts.items():
@@ -205,5 +166,5 @@ def test_verdicts_allowed_and_recomputed(executed):
 def test_page_has_a_slider_and_static_figures(executed):
     sources = "\n".join(c.source for c in executed.cells if c.cell_type == "code")
     assert "widgets.SelectionSlider" in sources and "widgets.interact" in sources
-    glued = _glued(executed)
+    glued = glued_values(executed)
     assert "fig_clustering_curves" in glued and "fig_clustering_vs_k" in glued

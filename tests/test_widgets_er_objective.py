@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import jupytext
-from _chapters import execute
+from _chapters import chapter_errors, check_errors, run_checks
 import nbformat
 import pytest
 
@@ -265,43 +264,18 @@ assert dino_h > math.log(dino_k) - 0.2 and abl["rank"]["dino", "entropy"] < 1.5,
 
 @pytest.fixture(scope="module")
 def executed() -> nbformat.NotebookNode:
-    nb = jupytext.read(CHAPTER)
-    helpers = nbformat.v4.new_code_cell(HELPERS)
-    helpers.metadata["tags"] = ["check:helpers"]
-    nb.cells.append(helpers)
-    for name, source in CHECKS.items():
-        cell = nbformat.v4.new_code_cell(source)
-        cell.metadata["tags"] = [f"check:{name}"]
-        nb.cells.append(cell)
-    execute(nb, CHAPTER.parent, allow_errors=True)  # run every check cell; each test reads its own
-    return nb
-
-
-def _errors(nb: nbformat.NotebookNode, name: str) -> list[str]:
-    cells = [c for c in nb.cells if f"check:{name}" in c.metadata.get("tags", [])]
-    assert len(cells) == 1
-    return [
-        f"{o['ename']}: {o['evalue']}\n" + "\n".join(o.get("traceback", []))
-        for o in cells[0].get("outputs", [])
-        if o.get("output_type") == "error"
-    ]
+    return run_checks(CHAPTER, CHECKS, prelude={"helpers": HELPERS})
 
 
 def test_chapter_cells_run(executed):
-    errors = [
-        o["ename"]
-        for c in executed.cells
-        if c.cell_type == "code" and not any(t.startswith("check:") for t in c.metadata.get("tags", []))
-        for o in c.get("outputs", [])
-        if o.get("output_type") == "error"
-    ]
+    errors = chapter_errors(executed)
     assert not errors, f"chapter cells failed: {errors}"
-    assert not _errors(executed, "helpers")
+    assert not check_errors(executed, "helpers")
 
 
 @pytest.mark.parametrize("name", list(CHECKS))
 def test_callback_checks(executed, name):
-    errors = _errors(executed, name)
+    errors = check_errors(executed, name)
     assert not errors, errors[0]
 
 
