@@ -185,6 +185,30 @@ def test_ssl_runs_smoke_is_deterministic(ssl_smoke_dir, tmp_path):
     assert a["random_init"] == b["random_init"]
 
 
+def test_batch_steps_runs_take_the_same_steps_and_warm_up_at_every_batch_size():
+    """Full scale, configuration only: every batch size gets the step count of 15 epochs at batch 64, a warm-up
+    of 1/15 of it, and the learning rate scaled with its batch; the fixed-epoch runs keep 1 epoch of warm-up."""
+    from mvssl_core.config import RunConfig, from_dict
+
+    ssl_runs = _ssl_runs_module()
+    s = ssl_runs.Scale()
+    n_train = ssl_runs._n_train(s.data, s.data_root, s.size)
+    fixed = s.epochs * (n_train // 64)
+    runs = ssl_runs.batch_steps(s)
+    assert len(runs) == len(ssl_runs.batch(s))  # the same grid as the fixed-epoch experiment
+    for run in runs:
+        cfg = from_dict(RunConfig, {**ssl_runs.run_config(run, s), "out": "unused"})
+        per_epoch = n_train // run.batch_size
+        assert cfg.steps == fixed == run.labels["steps"]
+        assert round(cfg.optim.warmup_epochs * per_epoch) == round(fixed / s.epochs)
+        assert cfg.optim.scale_lr and cfg.batch_size == run.batch_size
+    for run in ssl_runs.batch(s):
+        cfg = from_dict(RunConfig, {**ssl_runs.run_config(run, s), "out": "unused"})
+        assert cfg.steps is None and cfg.epochs == s.epochs and cfg.optim.warmup_epochs == 1.0
+    smoke = ssl_runs.Scale.smoke()
+    assert {r.labels["steps"] for r in ssl_runs.batch_steps(smoke)} == {smoke.steps}  # labels say what ran
+
+
 @pytest.mark.parametrize("args,needle", [
     (["nonsense"], "nonsense"),
     (["batch", "dynamic"], "unknown experiment"),

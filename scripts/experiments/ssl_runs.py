@@ -17,6 +17,9 @@ Experiments (one file each, ``results/ssl/<name>.json``):
   assignments against log K and the reconstruction (cross-entropy) over training.
 - ``batch``: every method and its ER variant at several batch sizes (same number of epochs, learning
   rate scaled linearly with the batch), several seeds: kNN and linear-probe accuracy.
+- ``batch_steps``: the same runs for the same number of optimizer steps at every batch size (the step
+  count of 15 epochs at the middle batch size, 64), so that a smaller batch sees fewer images instead of taking more
+  steps; the warm-up is the same fraction of the run (1/15) at every batch size.
 - ``ema``: BYOL, DINO and their ER variants at several constant EMA coefficients.
 - ``ablation``: ER variants that maximise only the entropy or only the reconstruction term
   (``er_terms``), beside both.
@@ -82,6 +85,7 @@ class Scale:
     batch_size: int = 128             # dynamics / clustering / ablation
     ema_batch_size: int = 64
     batch_sizes: tuple[int, ...] = (16, 64, 256)
+    fixed_steps: int | None = None    # batch_steps runs (None: `epochs` epochs at the middle batch size)
     seeds: tuple[int, ...] = (0, 1, 2)
     dynamics_seeds: tuple[int, ...] = (0, 1)
     prototypes: tuple[int, ...] = (8, 32, 128, 512)
@@ -110,6 +114,7 @@ class Run:
     epochs: int
     hyper: dict = field(default_factory=dict)
     labels: dict = field(default_factory=dict)  # e.g. {"ema": 0.9} or {"K": 32}
+    steps: int | None = None  # a fixed number of optimizer steps instead of ``epochs``
 
 
 def _hyper(family: str, **changes) -> dict:
@@ -154,6 +159,15 @@ def batch(s: Scale) -> list[Run]:
             for b in s.batch_sizes for seed in s.seeds]
 
 
+def batch_steps(s: Scale) -> list[Run]:
+    middle = s.batch_sizes[len(s.batch_sizes) // 2]
+    steps = s.steps or s.fixed_steps or s.epochs * (_n_train(s.data, s.data_root, s.size) // middle)
+    return [Run(f"{m}/b={b}/steps={steps}/s{seed}", fam, m, "ER" if er else "original", seed, b, s.epochs,
+                _hyper(fam), {"batch_size": b, "steps": steps}, steps=steps)
+            for fam in FAMILIES for er in (False, True) for m in [fam + ("_er" if er else "")]
+            for b in s.batch_sizes for seed in s.seeds]
+
+
 def ema(s: Scale) -> list[Run]:
     return [Run(f"{m}/ema={lam}/s{seed}", fam, m, "ER" if er else "original", seed, s.ema_batch_size, s.epochs,
                 _hyper(fam, base_momentum=lam, final_momentum=lam), {"ema": lam})
@@ -168,7 +182,8 @@ def ablation(s: Scale) -> list[Run]:
             for seed in s.seeds]
 
 
-EXPERIMENTS = {"dynamics": dynamics, "clustering": clustering, "batch": batch, "ema": ema, "ablation": ablation}
+EXPERIMENTS = {"dynamics": dynamics, "clustering": clustering, "batch": batch, "batch_steps": batch_steps, "ema": ema,
+               "ablation": ablation}
 DATASET_NOTE = {"digits": "scikit-learn digits (1,797 8x8 images, 10 classes), 80/20 split, rendered at {size} px"}
 
 
@@ -183,17 +198,20 @@ def _n_train(data: str, root: str, size: int) -> int:
 def run_config(run: Run, s: Scale) -> dict:
     """The trainer's configuration of one run (a dict of :class:`mvssl_core.config.RunConfig`)."""
     steps_per_epoch = _n_train(s.data, s.data_root, s.size) // run.batch_size
-    total = s.steps if s.steps is not None else run.epochs * steps_per_epoch
+    steps = s.steps if s.steps is not None else run.steps  # smoke runs: s.steps for every run
+    total = steps if steps is not None else run.epochs * steps_per_epoch
+    # the warm-up is 1/epochs of a fixed-epoch run (1 epoch); a fixed-step run keeps that fraction
+    warmup_epochs = 1.0 if run.steps is None else total / run.epochs / steps_per_epoch
     return {
         "method": run.method,
         "hyper": run.hyper,
         "data": {"name": s.data, "root": s.data_root, "size": s.size, "views": "simclr",
                  "view_kwargs": {"strength": 0.5, "scale": [0.2, 1.0]}, "gpu_pipeline": s.data in BATCHED_VIEWS},
         "model": {"backbone": "convnet", "kwargs": {"widths": list(s.widths)}},
-        "optim": {"name": "sgd", "lr": s.lr, "scale_lr": True, "weight_decay": 1e-5, "warmup_epochs": 1.0},
+        "optim": {"name": "sgd", "lr": s.lr, "scale_lr": True, "weight_decay": 1e-5, "warmup_epochs": warmup_epochs},
         "batch_size": run.batch_size,
         "epochs": run.epochs,
-        "steps": s.steps,
+        "steps": steps,
         "seed": run.seed,
         "num_workers": 0,
         "log_every": max(1, total // s.points),
