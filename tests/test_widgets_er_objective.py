@@ -28,7 +28,7 @@ import numpy as np
 from matplotlib.container import BarContainer, ErrorbarContainer
 
 RAW = {name: json.loads((ROOT / "results" / "ssl" / f"{name}.json").read_text())
-       for name in ("batch", "ema", "ablation")}
+       for name in ("batch", "batch_steps", "ema", "ablation")}
 ALLOWED = {"reproduced", "not reproduced", "inconclusive", "both collapsed", "no degradation"}
 
 
@@ -94,17 +94,27 @@ def check_sweep(r, record, setting, families, family_axes, z, stress, reference)
 CHECKS = {
     "batch_view": """
 sizes = sorted({r["batch_size"] for r in RAW["batch"]["metrics"]["runs"]})
-for metric, z, small in [("linear_top1", 2.0, sizes[0]), ("knn_top1", 1.0, sizes[0]),
-                         ("knn_top1", 3.0, sizes[1]), ("linear_top1", 0.5, sizes[1])]:
-    r = batch_view(metric=metric, z=z, small=small)
-    check_sweep(r, RAW["batch"], "batch_size", FAMILIES, r["figure"].axes[:5], z, small, sizes[-1])
-    assert len(r["figure"].axes[5].patches) == 2 * len(FAMILIES)  # the drop bars
-    plt.close(r["figure"])
-try:
-    batch_view(small=sizes[-1])
-    raise AssertionError("the reference batch cannot be the stressed one")
-except ValueError:
-    pass
+assert sizes == sorted({r["batch_size"] for r in RAW["batch_steps"]["metrics"]["runs"]})
+for protocol, record in (("epochs", RAW["batch"]), ("steps", RAW["batch_steps"])):
+    for metric, z, small in [("linear_top1", 2.0, sizes[0]), ("knn_top1", 1.0, sizes[0]),
+                             ("knn_top1", 3.0, sizes[1]), ("linear_top1", 0.5, sizes[1])]:
+        r = batch_view(metric=metric, z=z, small=small, protocol=protocol)
+        assert r["protocol"] == protocol
+        check_sweep(r, record, "batch_size", FAMILIES, r["figure"].axes[:5], z, small, sizes[-1])
+        assert len(r["figure"].axes[5].patches) == 2 * len(FAMILIES)  # the drop bars
+        plt.close(r["figure"])
+# the protocols: same epochs (more steps at a small batch) or the same steps at every batch size
+fixed = {r["steps"] for r in RAW["batch_steps"]["metrics"]["runs"]}
+assert len(fixed) == 1, fixed
+by_batch = {b: {r["steps"] for r in RAW["batch"]["metrics"]["runs"] if r["batch_size"] == b} for b in sizes}
+assert all(len(v) == 1 for v in by_batch.values()), by_batch
+assert max(by_batch[sizes[0]]) > max(by_batch[sizes[-1]]), by_batch  # fixed epochs: more steps at a small batch
+for bad in [dict(small=sizes[-1]), dict(protocol="images")]:
+    try:
+        batch_view(**bad)
+        raise AssertionError(f"batch_view accepted {bad}")
+    except ValueError:
+        pass
 """,
     "ema_view": """
 emas = sorted({r["labels"]["ema"] for r in RAW["ema"]["metrics"]["runs"]})
@@ -216,6 +226,25 @@ assert np.argmax(gaps) == len(BATCH_SIZES) - 1, gaps  # the BYOL-ER gap is large
 sd_max = max((float(np.max(v["sds"][m])), m) for v in batch_views.values() for m in v["sds"])
 assert sd_max[1] in ("swav", "swav_er"), sd_max  # the widest seed spread
 assert max(rank_b[(m, b)].mean for m in ("dino", "dino_er") for b in BATCH_SIZES) < 1.5
+
+# the fixed-steps protocol: batch 64 is the same computation as in the fixed-epoch one, run by run
+assert fixed_steps == steps_at[middle] and sum(same) == len(same) == 3 * len(FAMILIES) * 2
+for metric, view in steps_views.items():
+    assert view["verdicts"]["simclr"] == "not reproduced", (metric, view["verdicts"])
+    assert view["drops"]["simclr_er"].mean > view["drops"]["simclr"].mean > -1.0, metric
+    assert "SimCLR-ER" in who_degrades(view, er=True), metric
+    # DeepCluster: the original degrades, ER's advantage positive but not counting; ER below it everywhere
+    assert view["original_degrades"]["deepcluster"] and view["verdicts"]["deepcluster"] == "inconclusive"
+    assert view["advantages"]["deepcluster"].mean > 0, metric
+    assert np.all(view["means"]["deepcluster_er"] < view["means"]["deepcluster"]), metric
+    assert view["verdicts"]["byol"] in ("inconclusive", "no degradation"), metric
+    assert view["verdicts"]["swav"] in ("inconclusive", "no degradation"), metric
+    assert view["verdicts"]["dino"] == "both collapsed", metric
+    # "not reproduced at this scale under either protocol": BYOL and DINO do not degrade
+    for v in (view, batch_views[metric]):
+        assert not v["original_degrades"]["byol"] and not v["original_degrades"]["dino"], metric
+    assert view["pooled_verdict"] == "inconclusive", metric
+assert steps_views["linear_top1"]["verdicts"]["swav"] == "no degradation"
 
 for metric, view in ema_views.items():
     assert view["verdicts"]["byol"] == "no degradation", (metric, view["verdicts"])
