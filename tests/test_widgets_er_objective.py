@@ -245,6 +245,10 @@ for metric, view in steps_views.items():
         assert not v["original_degrades"]["byol"] and not v["original_degrades"]["dino"], metric
     assert view["pooled_verdict"] == "inconclusive", metric
 assert steps_views["linear_top1"]["verdicts"]["swav"] == "no degradation"
+tested = {m: {f for f, v in view["verdicts"].items() if v in ("reproduced", "not reproduced", "inconclusive")}
+          for m, view in steps_views.items()}
+assert tested == {"linear_top1": {"simclr", "deepcluster"}, "knn_top1": {"simclr", "deepcluster", "byol"}}, tested
+assert steps_views["knn_top1"]["verdicts"]["byol"] == "inconclusive"
 
 for metric, view in ema_views.items():
     assert view["verdicts"]["byol"] == "no degradation", (metric, view["verdicts"])
