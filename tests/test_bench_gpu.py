@@ -1,20 +1,14 @@
 """scripts/bench_gpu.py: its CPU smoke mode runs every part, and it refuses to measure without a GPU."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_gpu.py"
+from _scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/bench_gpu.py", "bench_gpu")
 
 
 def test_cpu_quick_smoke_run(bench, capsys):

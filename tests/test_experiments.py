@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from _scripts import load_script
 from mvssl_core.results import load_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,13 +123,7 @@ SSL_RUNS = ROOT / "scripts" / "experiments" / "ssl_runs.py"
 
 def _ssl_runs_module():
     """The script imported as a module (its EXPERIMENTS and Scale), without running it."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("ssl_runs_under_test", SSL_RUNS)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/experiments/ssl_runs.py", "ssl_runs_under_test")
 
 
 def _ssl(*args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -3,32 +3,20 @@ this repository at its full (not smoke) scale, and every experiment the book loa
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shlex
-import sys
 from pathlib import Path
 
 import pytest
 
+from _scripts import load_script
 from mvssl_core.experiments import load_experiment
 from mvssl_core.results import load_results
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
 SHIPPED = sorted(RESULTS.glob("**/*.json"))
-SSL_RUNS = ROOT / "scripts" / "experiments" / "ssl_runs.py"
-
-
-def _ssl_runs_module():
-    spec = importlib.util.spec_from_file_location("ssl_runs_shipped", SSL_RUNS)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-ssl_runs = _ssl_runs_module()
+ssl_runs = load_script("scripts/experiments/ssl_runs.py", "ssl_runs_shipped")
 
 
 def _ids(paths):
