@@ -122,10 +122,12 @@ class PrototypeSpec:
 # The methods' heads, each with the paper's description (paraphrased; sizes as in the papers).
 # --------------------------------------------------------------------------------------------
 
-SIMCLR_PROJECTOR = MLPSpec(hidden=2048, out=128, layers=2)
+SIMCLR_PROJECTOR = MLPSpec(hidden=2048, out=128, layers=2, last_bn=True)
 """SimCLR [0], Sec. 2.1 (paraphrased): an MLP with one hidden layer, z = g(h) = W2 ReLU(W1 h).
-Hidden width 2048 (ResNet-50's feature size), output 128, BatchNorm
-after the hidden layer; the official TensorFlow code also batch-normalises the output (``last_bn=True``)."""
+Hidden width 2048 (ResNet-50's feature size), output 128, BatchNorm after the hidden layer; the
+official TensorFlow code (google-research/simclr, ``model_util.projection_head``, v1 and v2) also
+batch-normalises the output, without bias, hence ``last_bn=True`` (its last BN has no shift,
+``center=False``; ``nn.BatchNorm1d`` here keeps one)."""
 
 BYOL_PROJECTOR = MLPSpec(hidden=4096, out=256, layers=2)
 """BYOL [1], Sec. 3.3 (paraphrased): a linear layer to 4096 units, batch normalisation, ReLU, and a

@@ -641,8 +641,30 @@ def _train(cfg: RunConfig, rt: Runtime, *, resume: bool, stop_after: int | None,
             "rng": _rng_state(),
         })
 
-    progress_bar = _Progress(total, step, cfg.progress and main, desc=f"{cfg.method} {cfg.data.name}")
+    def _loader(batch_sampler) -> DataLoader:
+        return DataLoader(dataset if gpu_pipeline else _WithIndex(dataset), batch_sampler=batch_sampler,
+                          collate_fn=collate_bytes if isinstance(dataset, JpegBytes) else None, **loader_kw)
+
+    def _on_device(batch, step: int, micro: int) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        views, labels, indices = batch
+        if gpu_pipeline:  # views of (seed, step, micro-batch, rank): exact on resume
+            gen = batch_generator(rt.device, cfg.seed, step, micro, rt.rank)
+            images = views.to(rt.device) if isinstance(views, torch.Tensor) else decode_batch(views, rt.device)
+            views = dataset.views(images, generator=gen)
+        return (_to_device(views, rt), labels.to(rt.device, non_blocking=True),
+                indices.to(rt.device, non_blocking=True))
+
     method.train()
+    if step == 0 and getattr(method, "prefill", False):
+        # DeepCluster-v2's pass over the data before training: every sample's projection in the bank
+        dataset.set_epoch(0)
+        with torch.no_grad(), _one_thread(cfg.num_workers == 0):
+            for i, batch in enumerate(_loader(_fill_batches(len(dataset), cfg.batch_size // cfg.accumulate,
+                                                            rt.world_size, rt.rank))):
+                views, _, indices = _on_device(batch, i, 0)
+                method.fill_memory_(views, indices)
+        captured.clear()
+    progress_bar = _Progress(total, step, cfg.progress and main, desc=f"{cfg.method} {cfg.data.name}")
     log_file = open(log_path, "a", encoding="utf-8") if main else None
     try:
         while step < total:
@@ -651,8 +673,7 @@ def _train(cfg: RunConfig, rt: Runtime, *, resume: bool, stop_after: int | None,
                 method.start_epoch(epoch)
             sampler.set_epoch(epoch, position)
             dataset.set_epoch(epoch)
-            loader = DataLoader(dataset if gpu_pipeline else _WithIndex(dataset), batch_sampler=sampler,
-                                collate_fn=collate_bytes if isinstance(dataset, JpegBytes) else None, **loader_kw)
+            loader = _loader(sampler)
             batches = iter(loader)
             for _ in range(position, steps_per_epoch):
                 if step >= total:
@@ -667,14 +688,8 @@ def _train(cfg: RunConfig, rt: Runtime, *, resume: bool, stop_after: int | None,
                 sums: dict[str, float] = {}
                 for micro in range(cfg.accumulate):
                     with _one_thread(cfg.num_workers == 0):
-                        views, labels, indices = next(batches)
-                    if gpu_pipeline:  # views of (seed, step, micro-batch, rank): exact on resume
-                        gen = batch_generator(rt.device, cfg.seed, step, micro, rt.rank)
-                        images = views.to(rt.device) if isinstance(views, torch.Tensor) else decode_batch(views, rt.device)
-                        views = dataset.views(images, generator=gen)
-                    views = _to_device(views, rt)
-                    labels = labels.to(rt.device, non_blocking=True)
-                    indices = indices.to(rt.device, non_blocking=True)
+                        batch = next(batches)
+                    views, labels, indices = _on_device(batch, step, micro)
                     last = micro == cfg.accumulate - 1
                     sync = model.no_sync() if rt.distributed and not last else contextlib.nullcontext()
                     captured.clear()
@@ -721,6 +736,13 @@ def _train(cfg: RunConfig, rt: Runtime, *, resume: bool, stop_after: int | None,
         return None
     final = evaluate_run(cfg, method.backbone, rt)
     return _write_results(cfg, run_dir, final, total, command)
+
+
+def _fill_batches(n: int, per_rank: int, world_size: int, rank: int) -> list[list[int]]:
+    """Index batches of one pass over all ``n`` samples for ``rank``: every rank gets the same number of
+    full batches (the last wraps around to the first samples), and together they cover every sample."""
+    step = per_rank * world_size
+    return [[(start + rank * per_rank + t) % n for t in range(per_rank)] for start in range(0, n, step)]
 
 
 def _probe_step(probe: nn.Linear, features: torch.Tensor, labels: torch.Tensor, n: int, accumulate: int,

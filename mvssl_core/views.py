@@ -24,7 +24,8 @@ Randomness and seeding. v2 transforms draw from torch's *global* CPU generator (
     (multi-crop: 2 global crops, scale (0.4, 1), 224 px; local crops, scale (0.05, 0.4), 96 px).
 [3] Caron et al., "Unsupervised Learning of Visual Features by Contrasting Cluster Assignments"
     (SwAV), NeurIPS 2020 (multi-crop 2x224 at scale (0.14, 1) + 6x96 at (0.05, 0.14)); DeepCluster-v2
-    in the same work uses the same crops.
+    in the same work uses the same crops for 800 epochs, and 2x160 at (0.08, 1) + 4x96 at (0.05, 0.14)
+    for 400 (facebookresearch/swav, scripts/deepclusterv2_{800,400}ep_pretrain.sh).
 """
 
 from __future__ import annotations
@@ -140,20 +141,22 @@ def simclr_views(
     strength: float = 1.0,
     scale: tuple[float, float] = (0.08, 1.0),
     blur: bool | None = None,
+    flip: float = 0.5,
     normalize: Normalize = IMAGENET_NORMALIZE,
 ) -> MultiView:
     """SimCLR [0]: ``n_views`` identically distributed views.
 
     Colour distortion of strength s: ColorJitter(0.8s, 0.8s, 0.8s, 0.2s) with p = 0.8, grayscale p = 0.2
     (s = 1 on ImageNet, 0.5 on CIFAR-10); Gaussian blur with p = 0.5 when ``blur`` (None: on for
-    images >= 64 px, off below, as SimCLR on CIFAR).
+    images >= 64 px, off below, as SimCLR on CIFAR); horizontal flip with probability ``flip`` (0 for
+    images whose mirror image is another class, such as digits).
     """
     _checks.positive_int(n_views, "n_views")
     _checks.positive(strength, "strength")
     s = strength
     t = view_transform(
         size, scale=scale, jitter=(0.8 * s, 0.8 * s, 0.8 * s, min(0.2 * s, 0.5)),
-        blur_p=0.5 if _blur_on(blur, size) else 0.0, normalize=normalize,
+        blur_p=0.5 if _blur_on(blur, size) else 0.0, flip=flip, normalize=normalize,
     )
     return MultiView([t] * n_views)
 
@@ -215,24 +218,28 @@ def swav_views(
     *,
     n_global: int = 2,
     n_local: int = 6,
+    global_size: int | None = None,
     local_size: int | None = None,
     global_scale: tuple[float, float] = (0.14, 1.0),
     local_scale: tuple[float, float] = (0.05, 0.14),
     blur: bool | None = None,
     normalize: Normalize = IMAGENET_NORMALIZE,
 ) -> MultiView:
-    """SwAV / DeepCluster-v2 multi-crop [3]: ``n_global`` views of side ``size`` + ``n_local`` local ones.
+    """SwAV / DeepCluster-v2 multi-crop [3]: ``n_global`` views of side ``global_size`` + ``n_local`` local ones.
 
     Colour distortion of SimCLR at strength 1 (p = 0.8), grayscale 0.2, blur p = 0.5 on every view
-    (off for small images unless ``blur``).
+    (off for small images unless ``blur``). ``size`` is the image side of the recipe (224: what the
+    evaluation sees, and the scale of the local crops and of the blur kernel); ``global_size`` defaults
+    to it, and may be smaller: DeepCluster-v2's 400-epoch recipe trains on 2 x 160 + 4 x 96 crops.
     """
     _checks.positive_int(n_global, "n_global")
     if isinstance(n_local, bool) or not isinstance(n_local, int) or n_local < 0:
         raise ValueError(f"n_local must be an int >= 0, got {n_local!r}")
+    gs = size if global_size is None else _checks.positive_int(global_size, "global_size")
     ls = local_crop_size(size) if local_size is None else _checks.positive_int(local_size, "local_size")
     on = _blur_on(blur, size)
     common = dict(jitter=(0.8, 0.8, 0.8, 0.2), blur_p=0.5 if on else 0.0, blur_size=size, normalize=normalize)
-    g = view_transform(size, scale=global_scale, **common)
+    g = view_transform(gs, scale=global_scale, **common)
     local = view_transform(ls, scale=local_scale, **common)
     return MultiView([g] * n_global + [local] * n_local)
 

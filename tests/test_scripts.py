@@ -43,7 +43,7 @@ TINY_HEADS = {
     "dino": ["hyper.head={hidden: 16, bottleneck: 8, out: 16}", "data.view_kwargs.n_local=2"],
     "swav": [f"hyper.projector={MLP}", "hyper.prototypes={n_prototypes: 8}", "data.view_kwargs.n_local=2"],
     "deepcluster": [f"hyper.projector={MLP}", "hyper.prototypes={n_prototypes: 4, heads: 3}",
-                    "data.view_kwargs.n_local=2"],
+                    "data.view_kwargs.n_local=2", "data.view_kwargs.global_size=12"],
 }
 STEPS = 6
 
@@ -174,7 +174,7 @@ def _heads(method: str) -> dict:
     return {
         "simclr": {"projector": d(heads.SIMCLR_PROJECTOR)},
         "byol": {"projector": d(heads.BYOL_PROJECTOR), "predictor": d(heads.BYOL_PREDICTOR)},
-        "dino": {"head": d(heads.DINO_HEAD)},
+        "dino": {"head": {**d(heads.DINO_HEAD), "bn": True, "norm_last_layer": False}},  # DINO's ResNet-50 head
         "swav": {"projector": d(heads.SWAV_PROJECTOR), "prototypes": d(heads.SWAV_PROTOTYPES)},
         "deepcluster": {"projector": d(heads.DEEPCLUSTER_PROJECTOR), "prototypes": d(heads.DEEPCLUSTER_PROTOTYPES)},
     }[method.removesuffix("_er")]

@@ -18,6 +18,8 @@ after the process group is initialised (the SwAV queue is split over the process
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from functools import partial
 from typing import Any, Callable
 
@@ -31,7 +33,7 @@ from mvssl_core.methods.simclr import SimCLR
 from mvssl_core.methods.step import StepOutput
 from mvssl_core.methods.swav import SwAV
 
-__all__ = ["METHODS", "build_method", "StepOutput", "SimCLR", "BYOL", "DINO", "SwAV", "DeepCluster"]
+__all__ = ["METHODS", "build_method", "resolved_hyper", "StepOutput", "SimCLR", "BYOL", "DINO", "SwAV", "DeepCluster"]
 
 METHODS: dict[str, Callable[..., nn.Module]] = {
     "simclr": SimCLR,
@@ -61,3 +63,45 @@ def build_method(name: str, backbone: nn.Module, feature_dim: int, **hyper: Any)
     if "er" in hyper:
         raise ValueError("pass the ER variant by name (e.g. 'byol_er'), not as er=...")
     return METHODS[name](backbone, feature_dim, **hyper)
+
+
+def resolved_hyper(name: str, hyper: dict[str, Any]) -> dict[str, Any]:
+    """Every hyper-parameter of method ``name`` as a run uses it: the class's defaults, overridden by ``hyper``.
+
+    Head specs become dicts of all their fields (a partial dict from a config fills the rest from the
+    spec's defaults). Three derived entries say what the book needs without rebuilding the model:
+    ``projection_dim`` (the dimension of the normalised projections the ER terms are logged on),
+    ``n_prototypes`` (K of SwAV and DeepCluster) and ``head_out`` (K of DINO).
+
+    Example:
+        >>> resolved_hyper("dino", {"head": {"out": 256}})["head"]["hidden"]
+        2048
+    """
+    from mvssl_core.heads import DINOHeadSpec, MLPSpec, PrototypeSpec, as_spec
+
+    checks.choice(name, "name", tuple(METHODS))
+    builder = METHODS[name]
+    cls = builder.func if isinstance(builder, partial) else builder
+    fixed = builder.keywords if isinstance(builder, partial) else {}
+    params = inspect.signature(cls).parameters
+    unknown = sorted(set(hyper) - set(params) - {"dataset_size"})
+    if unknown:
+        raise ValueError(f"hyper has unknown parameters {unknown} for {name}")
+    out: dict[str, Any] = {}
+    for key, p in params.items():
+        if key in ("backbone", "feature_dim", "distributed") or p.kind is p.VAR_KEYWORD:
+            continue
+        value = hyper.get(key, fixed.get(key, p.default))
+        if value is inspect.Parameter.empty:
+            continue
+        kind = type(p.default)
+        if kind in (MLPSpec, DINOHeadSpec, PrototypeSpec) and value is not None:  # predictor=None stays None
+            value = dataclasses.asdict(as_spec(value, kind, key))
+        out[key] = value
+    if "head" in out:  # DINO
+        out["projection_dim"], out["head_out"] = out["head"]["bottleneck"], out["head"]["out"]
+    elif "projector" in out:
+        out["projection_dim"] = out["projector"]["out"]
+    if isinstance(out.get("prototypes"), dict):
+        out["n_prototypes"] = out["prototypes"]["n_prototypes"]
+    return out

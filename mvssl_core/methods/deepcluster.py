@@ -48,9 +48,12 @@ class DeepCluster(nn.Module):
     the bank of crop ``h % n_global``, its prototypes are set to the centroids and every sample's
     assignment is stored. The loss (:func:`mvssl_core.losses.deepcluster_loss`) is the
     cross-entropy of every crop's scores / tau against the sample's assignment, averaged over the
-    prototype sets. Before the first clustering (the first epoch, while the bank fills: the
-    counterpart of DeepCluster-v2's initial pass over the data) there is no target and the loss is
-    0 (zero gradient).
+    prototype sets. As in the official code, the prototypes are the k-means centroids and get no
+    gradient (``freeze_prototypes=True``; its ``freeze_prototypes_niters`` outlasts the run), and
+    the bank is filled by one forward pass over the data before the first step
+    (:meth:`fill_memory_`, called by the trainer when :attr:`prefill` is true), so the first
+    step already has targets. Without that pass (a caller that never fills the bank) there is
+    no target until the bank is full and the loss is 0 (zero gradient).
 
     The bank is replicated on every process (each step all-gathers the projections and indices),
     so k-means and assignments are the same as in one process: memory ``n_global * dataset_size *
@@ -76,6 +79,10 @@ class DeepCluster(nn.Module):
         er_terms: with ``er``, maximise \"both\" terms of the bound, or only the \"entropy\" or the
             \"reconstruction\" term (the ablation; both are still logged).
         target_temperature: tau of the ER targets (None: ``temperature``).
+        freeze_prototypes: the prototypes get no gradient between re-clusterings (the official
+            code); False trains them by gradient (this library's earlier variant, kept as an option).
+        prefill: fill the bank with a forward pass over the data before training (the official
+            code's ``init_memory``); the trainer reads this flag.
         monitor_kappa: vMF concentration of the reported continuous "entropy".
         distributed: bank, losses and metrics over the global batch.
     """
@@ -99,6 +106,8 @@ class DeepCluster(nn.Module):
         er: bool = False,
         er_terms: str = "both",
         target_temperature: float | None = None,
+        freeze_prototypes: bool = True,
+        prefill: bool = True,
         monitor_kappa: float = 10.0,
         distributed: bool = False,
     ) -> None:
@@ -121,6 +130,8 @@ class DeepCluster(nn.Module):
         self.target_temperature = (
             None if target_temperature is None else checks.positive(target_temperature, "target_temperature")
         )
+        self.freeze_prototypes = bool(freeze_prototypes)
+        self.prefill = bool(prefill)
         self.monitor_kappa = checks.positive(monitor_kappa, "monitor_kappa")
         self.distributed = bool(distributed)
         self.register_buffer("memory", torch.zeros(self.n_global, dataset_size, projector.out))
@@ -165,7 +176,7 @@ class DeepCluster(nn.Module):
         n_crops, g = len(views), self.n_global
         self.prototypes.normalize_()
         z = F.normalize(self.projector(forward_crops(self.backbone, views)), dim=1)
-        scores = self.prototypes(z)
+        scores = self.prototypes(z, frozen=self.freeze_prototypes)
         extra = {}
         if self.er:
             terms = []
@@ -194,6 +205,14 @@ class DeepCluster(nn.Module):
         first = scores[0].chunk(n_crops)
         discrete = assignment_metrics(first[1], first[0], self.temperature, self.target_temperature, self.distributed)
         return report(loss, projection_metrics(zs[0], zs[1], self.monitor_kappa, self.distributed), discrete, extra)
+
+    @torch.no_grad()
+    def fill_memory_(self, views: list[torch.Tensor], indices: torch.Tensor) -> None:
+        """Write the global-crop projections of one batch into the bank (the pass before training)."""
+        views = check_views(views, max(2, self.n_global))
+        g = self.n_global
+        z = F.normalize(self.projector(forward_crops(self.backbone, views[:g])), dim=1)
+        self._remember_(z.chunk(g), indices)
 
     @torch.no_grad()
     def _remember_(self, projections: tuple[torch.Tensor, ...], indices: torch.Tensor) -> None:

@@ -2,7 +2,7 @@
 each recorded with its curves and final accuracies in one results file per experiment.
 
 Usage:
-    python scripts/experiments/ssl_runs.py                      # every experiment (make results): ~1 h on 2 cores
+    python scripts/experiments/ssl_runs.py                      # every experiment (make results): see book/reproduce.md for the time
     python scripts/experiments/ssl_runs.py dynamics clustering  # only these
     python scripts/experiments/ssl_runs.py --smoke --out-dir /tmp/r   # seconds; run by tests/test_experiments.py
     python scripts/experiments/ssl_runs.py batch --data cifar10 --data-root ~/data   # the same on CIFAR-10
@@ -11,15 +11,14 @@ Experiments (one file each, ``results/ssl/<name>.json``):
 
 - ``dynamics``: BYOL and DINO as published (at this scale) and their ablations: BYOL with the EMA
   coefficient swept (0 = no EMA, the target is a copy of the online network) and without the predictor;
-  DINO without centring, without EMA, and with constant teacher temperatures. Curves of the entropy
+  DINO without centring, without EMA, with the teacher temperature warmed up to 0.07, and without
+  sharpening. Curves of the entropy
   (vMF KDE of the projections, and the discrete entropy of DINO's assignments) and reconstruction.
 - ``clustering``: SwAV and DeepCluster with K = 8 ... 512 prototypes / clusters: entropy of the
   assignments against log K and the reconstruction (cross-entropy) over training.
-- ``batch``: every method and its ER variant at several batch sizes (same number of epochs, learning
-  rate scaled linearly with the batch), several seeds: kNN and linear-probe accuracy.
-- ``batch_steps``: the same runs for the same number of optimizer steps at every batch size (the step
-  count of 15 epochs at the middle batch size, 64), so that a smaller batch sees fewer images instead of taking more
-  steps; the warm-up is the same fraction of the run (1/15) at every batch size.
+- ``batch``: every method and its ER variant at several batch sizes for the same number of optimizer steps
+  (500: the largest batch trains for 89 epochs), with the peak learning rate scaled linearly with the batch
+  (the large-batch recipe) or with its square root; five seeds.
 - ``ema``: BYOL, DINO and their ER variants at several constant EMA coefficients.
 - ``ablation``: ER variants that maximise only the entropy or only the reconstruction term
   (``er_terms``), beside both.
@@ -38,6 +37,7 @@ import argparse
 import concurrent.futures as futures
 import copy
 import functools
+import math
 import multiprocessing
 import shlex
 import sys
@@ -60,15 +60,46 @@ KEEP = (  # logged metrics kept in the record
     "discrete_entropy", "discrete_reconstruction", "loss_entropy", "loss_reconstruction", "probe_acc",
 )
 
-# Heads sized for a 64-dimensional backbone and 16 px digits (the papers' sizes divided down).
-HEADS = {
-    "simclr": {"projector": {"hidden": 128, "out": 64}, "temperature": 0.2},
-    "byol": {"projector": {"hidden": 128, "out": 64}, "predictor": {"hidden": 128, "out": 64},
-             "base_momentum": 0.99, "final_momentum": 1.0},
-    "dino": {"head": {"hidden": 128, "bottleneck": 64, "out": 256}, "base_momentum": 0.99, "final_momentum": 1.0},
-    "swav": {"projector": {"hidden": 128, "out": 64}, "prototypes": {"n_prototypes": 64}, "queue_length": 0},
-    "deepcluster": {"projector": {"hidden": 128, "out": 64}, "prototypes": {"n_prototypes": 64, "heads": 1}},
+# The small-scale recipe of each family: heads and method settings (``hyper``) and the optimiser
+# settings that differ from the shared ones (``optim``: base lr before linear scaling with the batch,
+# warm-up as a fraction of the run). The backbone is a ConvNet with widths (16, 32): 32-d features. Heads are
+# the papers' divided down; every other choice and its source:
+RECIPES = {
+    # SimCLR: projector with BN on its output as in the official TF code (the paper's Sec. 2.1 omits it);
+    # temperature 0.2 (SimCLR's CIFAR-10 range 0.1-0.5, Appendix B.9).
+    "simclr": {"hyper": {"projector": {"hidden": 128, "out": 64, "last_bn": True}, "temperature": 0.2},
+               "optim": {}},
+    # BYOL: projector and predictor as in Sec. 3.3; EMA 0.99 -> 1 on a cosine (the paper's 0.996 is for
+    # 1000 epochs at batch 4096: these runs are about 100x shorter, so the teacher must move faster).
+    "byol": {"hyper": {"projector": {"hidden": 128, "out": 64}, "predictor": {"hidden": 128, "out": 64},
+                       "base_momentum": 0.99, "final_momentum": 1.0},
+             "optim": {}},
+    # DINO's ResNet-50 settings (its README: --use_bn_in_head, as for any convolutional backbone), teacher
+    # momentum 0.996 (main_dino.py advises a higher value than its ViT default at small batch), teacher
+    # temperature 0.04 throughout (main_dino.py's default; it calls values above 0.07 unstable), the last
+    # layer frozen for the first epoch (its default), and a gentler schedule: base lr 0.01 with a warm-up of a
+    # third of the run (its 10 of 100 epochs at ViT scale is a tenth; at 30 epochs a tenth is 3 epochs, which
+    # collapses the head here).
+    "dino": {"hyper": {"head": {"hidden": 128, "bottleneck": 64, "out": 256, "bn": True},
+                       "base_momentum": 0.996, "final_momentum": 1.0,
+                       "teacher_temperature_start": 0.04, "teacher_temperature_end": 0.04,
+                       "freeze_last_layer": "1 epoch"},
+             "optim": {"lr": 0.01, "warmup": 1 / 3}},
+    # SwAV's small-batch recipe (its README, batch 256: a queue of 3840 rows and prototypes frozen during the
+    # first epoch): a queue of 4 batches from a third of the run, so Sinkhorn equipartitions over
+    # batch + queue >= K rows; base lr 0.01 with a warm-up of a third of the run (at lr 0.1 SwAV stays on
+    # its trivial fixed point: uniform predictions, loss log K).
+    "swav": {"hyper": {"projector": {"hidden": 128, "out": 64}, "prototypes": {"n_prototypes": 64},
+                       "queue_length": "4 batches", "queue_start": 1 / 3, "freeze_prototypes": "1 epoch"},
+             "optim": {"lr": 0.01, "warmup": 1 / 3}},
+    # DeepCluster-v2 as in the official code: prototypes are the k-means centroids, frozen between
+    # re-clusterings, and the memory bank is filled by a pass over the data before the first step (the
+    # defaults of mvssl_core.methods.DeepCluster); one prototype set at this scale (the paper's 3).
+    "deepcluster": {"hyper": {"projector": {"hidden": 128, "out": 64}, "prototypes": {"n_prototypes": 64, "heads": 1}},
+                    "optim": {}},
 }
+HEADS = {family: recipe["hyper"] for family, recipe in RECIPES.items()}  # recorded in every results file
+SHARED_OPTIM = {"name": "sgd", "lr": 0.1, "scale_lr": True, "weight_decay": 1e-5, "warmup": 1 / 15}
 
 
 @dataclass(frozen=True)
@@ -79,15 +110,15 @@ class Scale:
     data_root: str = "data"
     size: int = 16
     widths: tuple[int, ...] = (16, 32)
-    lr: float = 0.1
-    epochs: int = 15                  # batch / ema / ablation runs
+    flip: float = 0.0                 # horizontal flips: none for digits (a mirrored digit is not that digit)
+    epochs: int = 15                  # ema / ablation runs
     dynamics_epochs: int = 30         # dynamics / clustering runs
     batch_size: int = 128             # dynamics / clustering / ablation
     ema_batch_size: int = 64
-    batch_sizes: tuple[int, ...] = (16, 64, 256)
-    fixed_steps: int | None = None    # batch_steps runs (None: `epochs` epochs at the middle batch size)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    dynamics_seeds: tuple[int, ...] = (0, 1)
+    batch_sizes: tuple[int, ...] = (16, 256)
+    batch_steps: int = 500            # batch runs: optimizer steps at every batch size (89 epochs at 256)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    dynamics_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     prototypes: tuple[int, ...] = (8, 32, 128, 512)
     emas: tuple[float, ...] = (0.0, 0.9, 0.99)
     points: int = 60                  # logged points per run (about)
@@ -97,7 +128,7 @@ class Scale:
     @staticmethod
     def smoke(data: str = "digits", data_root: str = "data") -> "Scale":
         return Scale(data=data, data_root=data_root, size=8, widths=(4, 8), batch_size=16, ema_batch_size=16,
-                     batch_sizes=(16, 32), seeds=(0,), dynamics_seeds=(0,), prototypes=(4, 8), emas=(0.0, 0.9),
+                     batch_sizes=(16, 32), batch_steps=3, seeds=(0,), dynamics_seeds=(0,), prototypes=(4, 8), emas=(0.0, 0.9),
                      points=3, steps=3, max_runs=3)
 
 
@@ -115,12 +146,24 @@ class Run:
     hyper: dict = field(default_factory=dict)
     labels: dict = field(default_factory=dict)  # e.g. {"ema": 0.9} or {"K": 32}
     steps: int | None = None  # a fixed number of optimizer steps instead of ``epochs``
+    optim: dict = field(default_factory=dict)  # changes to the recipe's optimiser settings (e.g. {"lr": 0.05})
 
 
 def _hyper(family: str, **changes) -> dict:
     hyper = copy.deepcopy(HEADS[family])
     hyper.update(changes)
     return hyper
+
+
+def _resolve_hyper(hyper: dict, batch_size: int, total: int, steps_per_epoch: int) -> dict:
+    """The recipe's run-relative values as numbers: "1 epoch" -> its fraction of the run, "4 batches" -> rows."""
+    out = dict(hyper)
+    for key, value in hyper.items():
+        if value == "1 epoch":
+            out[key] = min(1.0, steps_per_epoch / total)
+        elif value == "4 batches":
+            out[key] = 4 * batch_size
+    return out
 
 
 def dynamics(s: Scale) -> list[Run]:
@@ -134,7 +177,7 @@ def dynamics(s: Scale) -> list[Run]:
         ("dino", "published", {}),
         ("dino", "no centring", {"centering": False}),
         ("dino", "no EMA", {"base_momentum": 0.0, "final_momentum": 0.0}),
-        ("dino", "teacher T 0.04", {"teacher_temperature_start": 0.04, "teacher_temperature_end": 0.04}),
+        ("dino", "teacher T 0.04 -> 0.07", {"teacher_temperature_start": 0.04, "teacher_temperature_end": 0.07}),
         ("dino", "teacher T 0.1 (no sharpening)", {"teacher_temperature_start": 0.1, "teacher_temperature_end": 0.1}),
     ]
     return [Run(f"{fam}/{variant}/s{seed}", fam, fam, variant, seed, s.batch_size, s.dynamics_epochs, _hyper(fam, **ch))
@@ -153,19 +196,25 @@ def clustering(s: Scale) -> list[Run]:
 
 
 def batch(s: Scale) -> list[Run]:
-    return [Run(f"{m}/b={b}/s{seed}", fam, m, "ER" if er else "original", seed, b, s.epochs, _hyper(fam),
-                {"batch_size": b})
-            for fam in FAMILIES for er in (False, True) for m in [fam + ("_er" if er else "")]
-            for b in s.batch_sizes for seed in s.seeds]
-
-
-def batch_steps(s: Scale) -> list[Run]:
-    middle = s.batch_sizes[len(s.batch_sizes) // 2]
-    steps = s.steps or s.fixed_steps or s.epochs * (_n_train(s.data, s.data_root, s.size) // middle)
-    return [Run(f"{m}/b={b}/steps={steps}/s{seed}", fam, m, "ER" if er else "original", seed, b, s.epochs,
-                _hyper(fam), {"batch_size": b, "steps": steps}, steps=steps)
-            for fam in FAMILIES for er in (False, True) for m in [fam + ("_er" if er else "")]
-            for b in s.batch_sizes for seed in s.seeds]
+    """Every method at each batch size for the same number of optimizer steps, in two regimes of the learning
+    rate: ``linear`` keeps the large-batch recipe (peak lr = base lr x batch / 256, the rule of the papers'
+    batch-size tables, under which the ER paper sees BYOL and DINO degrade at small batch) and ``sqrt``
+    scales the peak lr with the square root of the batch (Krizhevsky, 2014), so that a small batch is not
+    also a much smaller step. The largest batch is the same run in both regimes (factor 1)."""
+    largest = max(s.batch_sizes)
+    runs = []
+    for fam in FAMILIES:
+        for er in (False, True):
+            m = fam + ("_er" if er else "")
+            base = {**SHARED_OPTIM, **RECIPES[fam]["optim"]}["lr"]
+            for b in s.batch_sizes:
+                for regime in (("linear", "sqrt") if b != largest else ("both",)):
+                    factor = math.sqrt(b / 256) if regime == "sqrt" else b / 256
+                    for seed in s.seeds:
+                        runs.append(Run(f"{m}/b={b}/{regime}/s{seed}", fam, m, "ER" if er else "original", seed, b,
+                                        s.epochs, _hyper(fam), {"batch_size": b, "regime": regime},
+                                        steps=s.batch_steps, optim={"lr": base * factor, "scale_lr": False}))
+    return runs
 
 
 def ema(s: Scale) -> list[Run]:
@@ -182,8 +231,7 @@ def ablation(s: Scale) -> list[Run]:
             for seed in s.seeds]
 
 
-EXPERIMENTS = {"dynamics": dynamics, "clustering": clustering, "batch": batch, "batch_steps": batch_steps, "ema": ema,
-               "ablation": ablation}
+EXPERIMENTS = {"dynamics": dynamics, "clustering": clustering, "ema": ema, "ablation": ablation, "batch": batch}
 DATASET_NOTE = {"digits": "scikit-learn digits (1,797 8x8 images, 10 classes), 80/20 split, rendered at {size} px"}
 
 
@@ -200,15 +248,17 @@ def run_config(run: Run, s: Scale) -> dict:
     steps_per_epoch = _n_train(s.data, s.data_root, s.size) // run.batch_size
     steps = s.steps if s.steps is not None else run.steps  # smoke runs: s.steps for every run
     total = steps if steps is not None else run.epochs * steps_per_epoch
-    # the warm-up is 1/epochs of a fixed-epoch run (1 epoch); a fixed-step run keeps that fraction
-    warmup_epochs = 1.0 if run.steps is None else total / run.epochs / steps_per_epoch
+    optim = {**SHARED_OPTIM, **RECIPES[run.family]["optim"], **run.optim}
+    warmup = optim.pop("warmup")  # a fraction of the run, whatever its length
+    optim["warmup_epochs"] = warmup * total / steps_per_epoch
     return {
         "method": run.method,
-        "hyper": run.hyper,
+        "hyper": _resolve_hyper(run.hyper, run.batch_size, total, steps_per_epoch),
         "data": {"name": s.data, "root": s.data_root, "size": s.size, "views": "simclr",
-                 "view_kwargs": {"strength": 0.5, "scale": [0.2, 1.0]}, "gpu_pipeline": s.data in BATCHED_VIEWS},
+                 "view_kwargs": {"strength": 0.5, "scale": [0.2, 1.0], "flip": s.flip},
+                 "gpu_pipeline": s.data in BATCHED_VIEWS},
         "model": {"backbone": "convnet", "kwargs": {"widths": list(s.widths)}},
-        "optim": {"name": "sgd", "lr": s.lr, "scale_lr": True, "weight_decay": 1e-5, "warmup_epochs": warmup_epochs},
+        "optim": optim,
         "batch_size": run.batch_size,
         "epochs": run.epochs,
         "steps": steps,
@@ -226,6 +276,7 @@ def _one(run: Run, s: Scale) -> dict:
     import torch
 
     from mvssl_core.config import RunConfig, from_dict
+    from mvssl_core.methods import resolved_hyper
     from mvssl_core.train import train
 
     torch.set_num_threads(1)
@@ -242,7 +293,8 @@ def _one(run: Run, s: Scale) -> dict:
         "history": {k: history[k] for k in KEEP if k in history},
         "final": record["metrics"]["final"],
         "seconds": round(time.perf_counter() - t0, 2),
-        "config": {k: v for k, v in record["config"].items() if k not in ("out", "progress")},
+        "config": {**{k: v for k, v in record["config"].items() if k not in ("out", "progress")},
+                   "resolved": resolved_hyper(run.method, values["hyper"])},
     }
 
 
@@ -326,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["python", "scripts/experiments/ssl_runs.py", *(sys.argv[1:] if argv is None else argv)])
     s = Scale.smoke(args.data, args.data_root) if args.smoke else Scale(data=args.data, data_root=args.data_root)
     if args.data != "digits" and not args.smoke:
-        s = Scale(data=args.data, data_root=args.data_root, size=32)
+        s = Scale(data=args.data, data_root=args.data_root, size=32, flip=0.5)
     prov = provenance(command=command)
     for name in args.experiments or list(EXPERIMENTS):
         out = args.out_dir / f"{name}.json"
