@@ -180,28 +180,47 @@ def test_ssl_runs_smoke_is_deterministic(ssl_smoke_dir, tmp_path):
     assert a["random_init"] == b["random_init"]
 
 
-def test_batch_steps_runs_take_the_same_steps_and_warm_up_at_every_batch_size():
-    """Full scale, configuration only: every batch size gets the step count of 15 epochs at batch 64, a warm-up
-    of 1/15 of it, and the learning rate scaled with its batch; the fixed-epoch runs keep 1 epoch of warm-up."""
+def test_batch_runs_take_the_same_steps_in_two_learning_rate_regimes():
+    """Full scale, configuration only: every batch size trains for the same 500 steps with the same
+    warm-up fraction; the peak lr is the recipe's at the largest batch B (base x B/256) times b/B ("linear")
+    or sqrt(b/B) ("sqrt"), and the largest batch is one run for both regimes."""
+    import math
+
     from mvssl_core.config import RunConfig, from_dict
 
     ssl_runs = _ssl_runs_module()
     s = ssl_runs.Scale()
     n_train = ssl_runs._n_train(s.data, s.data_root, s.size)
-    fixed = s.epochs * (n_train // 64)
-    runs = ssl_runs.batch_steps(s)
-    assert len(runs) == len(ssl_runs.batch(s))  # the same grid as the fixed-epoch experiment
+    runs = ssl_runs.batch(s)
+    largest = max(s.batch_sizes)
+    assert s.batch_steps >= 500
     for run in runs:
         cfg = from_dict(RunConfig, {**ssl_runs.run_config(run, s), "out": "unused"})
-        per_epoch = n_train // run.batch_size
-        assert cfg.steps == fixed == run.labels["steps"]
-        assert round(cfg.optim.warmup_epochs * per_epoch) == round(fixed / s.epochs)
-        assert cfg.optim.scale_lr and cfg.batch_size == run.batch_size
-    for run in ssl_runs.batch(s):
-        cfg = from_dict(RunConfig, {**ssl_runs.run_config(run, s), "out": "unused"})
-        assert cfg.steps is None and cfg.epochs == s.epochs and cfg.optim.warmup_epochs == 1.0
-    smoke = ssl_runs.Scale.smoke()
-    assert {r.labels["steps"] for r in ssl_runs.batch_steps(smoke)} == {smoke.steps}  # labels say what ran
+        base = {**ssl_runs.SHARED_OPTIM, **ssl_runs.RECIPES[run.family]["optim"]}["lr"]
+        ratio = run.batch_size / largest
+        factor = {"linear": ratio, "sqrt": math.sqrt(ratio), "both": 1.0}[run.labels["regime"]] * largest / 256
+        assert cfg.steps == s.batch_steps and not cfg.optim.scale_lr
+        assert cfg.optim.lr == pytest.approx(base * factor)
+        assert (run.labels["regime"] == "both") == (run.batch_size == largest)
+        warmup = {**ssl_runs.SHARED_OPTIM, **ssl_runs.RECIPES[run.family]["optim"]}["warmup"]
+        assert cfg.optim.warmup_epochs * (n_train // run.batch_size) == pytest.approx(warmup * s.batch_steps)
+    per_family = len(s.seeds) * (2 * (len(s.batch_sizes) - 1) + 1)
+    assert len(runs) == 2 * len(ssl_runs.FAMILIES) * per_family
+    assert len({r.name for r in runs}) == len(runs)
+
+
+def test_recipes_resolve_run_relative_settings():
+    """ "1 epoch" becomes its fraction of the run and "4 batches" a queue of 4 x batch rows."""
+    ssl_runs = _ssl_runs_module()
+    s = ssl_runs.Scale()
+    run = next(r for r in ssl_runs.clustering(s) if r.family == "swav")
+    cfg = ssl_runs.run_config(run, s)
+    per_epoch = ssl_runs._n_train(s.data, s.data_root, s.size) // run.batch_size
+    assert cfg["hyper"]["queue_length"] == 4 * run.batch_size
+    assert cfg["hyper"]["freeze_prototypes"] == pytest.approx(per_epoch / (run.epochs * per_epoch))
+    dino = next(r for r in ssl_runs.dynamics(s) if r.family == "dino")
+    assert ssl_runs.run_config(dino, s)["hyper"]["freeze_last_layer"] == pytest.approx(1 / dino.epochs)
+    assert ssl_runs.run_config(dino, s)["hyper"]["head"]["bn"] is True
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from _scripts import load_script
+from mvssl_core.claims import health
 from mvssl_core.experiments import load_experiment
+from mvssl_core.methods import resolved_hyper
 from mvssl_core.results import load_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,8 +93,10 @@ def test_every_shipped_run_has_the_configuration_the_script_gives_now(name: str)
     full = ssl_runs.Scale()
     record = load_experiment(RESULTS / "ssl" / f"{name}.json")
     for run, stored in zip(ssl_runs.EXPERIMENTS[name](full), record["metrics"]["runs"], strict=True):
-        cfg = dataclasses.asdict(from_dict(RunConfig, {**ssl_runs.run_config(run, full), "out": "unused"}))
+        values = ssl_runs.run_config(run, full)
+        cfg = dataclasses.asdict(from_dict(RunConfig, {**values, "out": "unused"}))
         want = json.loads(json.dumps({k: v for k, v in cfg.items() if k not in ("out", "progress")}))
+        want["resolved"] = json.loads(json.dumps(resolved_hyper(run.method, values["hyper"])))
         assert stored["config"] == want, f"{name}.json run {run.name}: stored config differs; rerun it"
 
 
@@ -125,3 +129,28 @@ def test_reproduce_page_lists_every_shipped_file():
         assert f"`{(record['provenance']['git_commit'] or 'not from git')[:7]}`" in row
     for name in ssl_runs.EXPERIMENTS:
         assert f"`results/ssl/{name}.json`" in text
+
+
+# The recipe as published (at this scale) of every method, in the experiments that have it: these runs
+# must train, or the chapters' claims about them would rest on a method that did not work.
+PUBLISHED = {
+    "dynamics": lambda run: run["variant"] == "published",
+    "batch": lambda run: run["batch_size"] == 128,
+    "ablation": lambda run: run["labels"]["er_terms"] == "both",
+}
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_every_published_recipe_passes_the_health_check_in_every_seed(name: str):
+    """Effective rank > 2, entropy above the collapsed floor, loss below its trivial value (log K for
+    SwAV / DINO / DeepCluster), kNN accuracy above the untrained backbone: claims.health, every seed."""
+    record = load_experiment(RESULTS / "ssl" / f"{name}.json")
+    runs = [run for run in record["metrics"]["runs"] if PUBLISHED[name](run)]
+    assert runs, f"{name}.json has no run of the published recipe"
+    methods = {run["method"] for run in runs}
+    assert len({run["seed"] for run in runs}) >= 5
+    failing = [f"{h.name}: {'; '.join(h.failures)}" for h in
+               (health(run, record["metrics"]["random_init"]) for run in runs) if not h.trains]
+    assert not failing, f"{name}.json: runs of the published recipe that did not train: {failing}"
+    if name == "batch":
+        assert methods == {f"{f}{s}" for f in ssl_runs.FAMILIES for s in ("", "_er")}

@@ -7,6 +7,8 @@ Tiny models (a 2-stage ConvNet, heads of 16-32 units), 16x16 images, one intra-o
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import signal
@@ -125,23 +127,52 @@ def test_every_method_trains(method, data, tmp_path):
     final = _params(tmp_path / "run")
     changed = [k for k in initial if k.startswith("backbone.") and initial[k].is_floating_point()
                and not torch.equal(initial[k], final[k])]
-    if method == "deepcluster":  # no target before the first clustering: the loss is 0 by design
-        assert all(r["loss"] == 0.0 for r in rows)
-    else:
-        assert changed, "no backbone parameter changed"
+    assert changed, "no backbone parameter changed"
     assert record["method"] == method and record["metrics"]["history"]["loss"] == [r["loss"] for r in rows]
     assert load_results(tmp_path / "run" / RESULTS_NAME)["config"]["method"] == method
 
 
-def test_deepcluster_trains_once_clustered(tmp_path):
-    """With 2 steps per epoch the memory bank is full after epoch 0; epoch 1 re-clusters and trains."""
+def test_deepcluster_bank_is_full_at_step_one_and_prototypes_move_only_when_reclustered(tmp_path, monkeypatch):
+    """DeepCluster-v2 as in the official code: a pass over the data fills the bank before the first step, so
+    step 1 already has k-means targets; the prototypes are the centroids and no optimizer step changes them."""
+    from mvssl_core.methods import DeepCluster
+
+    seen = []  # the bank and the prototypes when each step starts
+    original_forward = DeepCluster.forward
+
+    def forward(self, views, progress=0.0, indices=None):
+        self.prototypes.normalize_()  # what forward does first (weight decay may have scaled them)
+        seen.append({"full": bool(self.seen.all()), "clustered": self.clustered,
+                     "prototypes": [h.weight.detach().clone() for h in self.prototypes.heads]})
+        return original_forward(self, views, progress, indices)
+
+    reclusters = []
+    original_recluster = DeepCluster.recluster_
+
+    def recluster(self, epoch):
+        original_recluster(self, epoch)
+        reclusters.append((len(seen), [h.weight.detach().clone() for h in self.prototypes.heads]))
+
+    monkeypatch.setattr(DeepCluster, "forward", forward)
+    monkeypatch.setattr(DeepCluster, "recluster_", recluster)
+    cfg = _cfg("deepcluster", tmp_path / "run", steps=4)  # 2 steps per epoch: re-clustered before steps 1 and 3
+    train(cfg)
+    assert seen[0]["full"] and seen[0]["clustered"], "the bank must be full and clustered at step 1"
+    assert [r[0] for r in reclusters] == [0, 2]
+    assert all(r["loss"] > 0 for r in _log(tmp_path / "run"))
+    for step, state in enumerate(seen):  # between re-clusterings the prototypes are the last centroids
+        centroids = [r for r in reclusters if r[0] <= step][-1][1]
+        for got, want in zip(state["prototypes"], centroids):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+def test_deepcluster_gradient_trained_prototypes_are_an_option(tmp_path):
+    """``freeze_prototypes=False, prefill=False``: the library's earlier variant (loss 0 while the bank fills)."""
     cfg = _cfg("deepcluster", tmp_path / "run", steps=4)
-    initial = build_model(cfg, 32).state_dict()
+    cfg = dataclasses.replace(cfg, hyper={**cfg.hyper, "freeze_prototypes": False, "prefill": False})
     train(cfg)
     rows = _log(tmp_path / "run")
     assert [r["loss"] for r in rows[:2]] == [0.0, 0.0] and all(r["loss"] > 0 for r in rows[2:])
-    final = _params(tmp_path / "run")
-    assert not torch.equal(initial["backbone.features.0.weight"], final["backbone.features.0.weight"])
 
 
 def test_ema_runs_once_per_real_step(tmp_path, monkeypatch):
