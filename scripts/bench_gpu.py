@@ -33,13 +33,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mvssl_core import gpu_views, views  # noqa: E402
-from mvssl_core.backbones import build_backbone  # noqa: E402
-from mvssl_core.data import ImageFolder  # noqa: E402
-from mvssl_core.methods import METHODS, build_method  # noqa: E402
-from mvssl_core.optim import LARS, param_groups  # noqa: E402
+from mvssl_core import gpu_views, views
+from mvssl_core.backbones import build_backbone
+from mvssl_core.data import ImageFolder
+from mvssl_core.methods import METHODS, build_method
+from mvssl_core.optim import LARS, param_groups
 
 RECIPE = {"simclr": "simclr", "byol": "byol", "dino": "dino", "swav": "swav", "deepcluster": "deepcluster"}
 N_LOCAL = {"dino": 8, "swav": 6, "deepcluster": 6}

@@ -25,18 +25,15 @@ import functools
 import platform
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mvssl_core import bounds, entropy, losses  # noqa: E402
-from mvssl_core.backbones import build_backbone  # noqa: E402
-from mvssl_core.config import apply_overrides  # noqa: E402
-from mvssl_core.methods import METHODS, build_method  # noqa: E402
-from mvssl_core.methods import byol, deepcluster, dino, simclr, swav  # noqa: E402
-from mvssl_core.optim import LARS, param_groups  # noqa: E402
+from mvssl_core import bounds, entropy, losses
+from mvssl_core.backbones import build_backbone
+from mvssl_core.config import apply_overrides
+from mvssl_core.methods import METHODS, build_method
+from mvssl_core.methods import byol, deepcluster, dino, simclr, swav
+from mvssl_core.optim import LARS, param_groups
 
 # (module, attribute, category) of every function whose time counts as loss or report
 PATCHES = [

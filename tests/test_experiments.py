@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from _scripts import load_script
+from mvssl_core import ssl_runs
 from mvssl_core.results import load_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,14 +116,9 @@ def test_mi_not_enough_smoke(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# scripts/experiments/ssl_runs.py (the pre-training experiments of part 2)
+# scripts/experiments/ssl_runs.py (the pre-training experiments of part 2; the code is mvssl_core.ssl_runs)
 
 SSL_RUNS = ROOT / "scripts" / "experiments" / "ssl_runs.py"
-
-
-def _ssl_runs_module():
-    """The script imported as a module (its EXPERIMENTS and Scale), without running it."""
-    return load_script("scripts/experiments/ssl_runs.py", "ssl_runs_under_test")
 
 
 def _ssl(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -145,7 +140,6 @@ def ssl_smoke_dir(tmp_path_factory):
 def test_ssl_runs_smoke_writes_one_valid_file_per_experiment(ssl_smoke_dir):
     from mvssl_core.experiments import load_experiment
 
-    ssl_runs = _ssl_runs_module()
     assert sorted(p.stem for p in ssl_smoke_dir.glob("*.json")) == sorted(ssl_runs.EXPERIMENTS)
     smoke_scale = ssl_runs._scale_dict(ssl_runs.Scale.smoke())
     for name, make_runs in ssl_runs.EXPERIMENTS.items():
@@ -188,7 +182,6 @@ def test_batch_runs_take_the_same_steps_in_two_learning_rate_regimes():
 
     from mvssl_core.config import RunConfig, from_dict
 
-    ssl_runs = _ssl_runs_module()
     s = ssl_runs.Scale()
     n_train = ssl_runs._n_train(s.data, s.data_root, s.size)
     runs = ssl_runs.batch(s)
@@ -211,7 +204,6 @@ def test_batch_runs_take_the_same_steps_in_two_learning_rate_regimes():
 
 def test_recipes_resolve_run_relative_settings():
     """ "1 epoch" becomes its fraction of the run and "4 batches" a queue of 4 x batch rows."""
-    ssl_runs = _ssl_runs_module()
     s = ssl_runs.Scale()
     run = next(r for r in ssl_runs.clustering(s) if r.family == "swav")
     cfg = ssl_runs.run_config(run, s)

@@ -1,10 +1,11 @@
-"""The widget callback and the verdicts of book/dynamics.md, driven programmatically.
+"""The widget callback, the health check and the verdicts of book/dynamics.md, driven programmatically.
 
 The chapter runs once in a fresh kernel (jupytext.read + nbclient, as tests/test_book.py), with
 check cells appended that call its callback over several settings and re-derive its numbers from the
 raw results file. Each check cell is tagged; each test below asserts that its cell ran without an
-error. The glued values (verdicts, states) are read back from the executed notebook and compared with
-values recomputed here from ``results/ssl/dynamics.json``.
+error. The glued verdicts are read back from the executed notebook and compared with verdicts
+recomputed here from ``results/ssl/dynamics.json`` with ``mvssl_core.claims`` (health gate, t
+intervals), and with the closing summary that the page builds.
 """
 
 from __future__ import annotations
@@ -14,15 +15,22 @@ import math
 import re
 from pathlib import Path
 
-from _chapters import chapter_errors, check_errors, run_checks, glued_values
+from _chapters import chapter_errors, check_errors, glued_values, run_checks
 import nbformat
+import numpy as np
 import pytest
+
+from mvssl_core import claims
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTER = ROOT / "book" / "dynamics.md"
 RESULTS = ROOT / "results" / "ssl" / "dynamics.json"
-VERDICTS = {"reproduced", "not reproduced", "inconclusive (the seeds disagree)"}
-STATES = {"collapses", "keeps its entropy", "collapses in some seeds only"}
+CLAIM_KEYS = ["byol_rec", "byol_ema", "byol_ema_alone", "dino_centring", "dino_rec", "dino_ema", "dino_continuous"]
+
+
+def is_verdict(value: str) -> bool:
+    return value in claims.VERDICTS or value.startswith("mixed: ")
+
 
 CHECKS = {
     "dynamics_view": """
@@ -39,13 +47,14 @@ def raw_mean_sd(family, variant, metric):
     return a.mean(axis=0), (a.std(axis=0, ddof=1) if len(a) > 1 else np.zeros(a.shape[1]))
 
 
+third = ALL_STEPS[len(ALL_STEPS) // 3]
 settings = [
     (DEFAULT_VIEW, "entropy", None),
-    (tuple(BYOL_LABELS), "effective_rank", 100),
-    (tuple(DINO_LABELS), "discrete_entropy", 50),
+    (tuple(BYOL_LABELS), "effective_rank", third),
+    (tuple(DINO_LABELS), "discrete_entropy", ALL_STEPS[len(ALL_STEPS) // 2]),
     (("BYOL: published", "DINO: published"), "discrete_reconstruction", None),
-    (tuple(VARIANTS), "collapse_std", 330),
-    (("DINO: no EMA",), "loss", 5),
+    (tuple(VARIANTS), "collapse_std", ALL_STEPS[-2]),
+    (("DINO: no EMA",), "loss", ALL_STEPS[2]),
 ]
 for variants, metric, upto in settings:
     r = dynamics_view(variants=variants, metric=metric, upto=upto)
@@ -61,6 +70,7 @@ for variants, metric, upto in settings:
         assert len(steps) == len(mean) == len(sd) > 0
         assert np.all(np.isfinite(mean)) and np.all(np.isfinite(sd)) and np.all(sd >= 0), (label, metric)
         assert upto is None or steps[-1] <= upto
+        assert upto is None or len(steps) == sum(s <= upto for s in ALL_STEPS)
         # the curve is the mean over the variant's seeds of the raw logged values
         family, variant = VARIANTS[label]
         m, s = raw_mean_sd(family, variant, metric)
@@ -69,7 +79,7 @@ for variants, metric, upto in settings:
         if metric == "entropy":  # float32 logs: a hair below the exact floor is allowed
             assert np.all(mean >= H_FLOOR - 1e-3) and np.all(mean <= H_CEILING + 1e-6), label
         if metric == "discrete_entropy":
-            assert np.all(mean >= -1e-6) and np.all(mean <= math.log(K_DINO) + 1e-4), label
+            assert np.all(mean >= -1e-6) and np.all(mean <= LOG_K + 1e-4), label
 for bad in [dict(metric="accuracy"), dict(variants=("SimCLR: published",))]:
     try:
         dynamics_view(**bad)
@@ -83,71 +93,54 @@ import math
 import numpy as np
 from mvssl_core.special import vmf_log_normalizer
 
-# the collapsed value: the KDE of k identical points is log C_d(kappa) + kappa, so H = -(that)
-assert D == 64 and KAPPA == 10.0 and BATCH == 128
-assert abs(H_FLOOR + float(vmf_log_normalizer(64, 10.0)) + 10.0) < 1e-12
-assert abs(H_CEILING - H_FLOOR - math.log(128)) < 1e-12
+# the floor is the KDE of k identical points: -(log C_d(kappa) + kappa); the ceiling adds log k
+assert abs(H_FLOOR + float(vmf_log_normalizer(D, KAPPA)) + KAPPA) < 1e-9
+assert abs(H_CEILING - H_FLOOR - math.log(BATCH)) < 1e-9
 assert abs(REC_MAX + H_FLOOR) < 1e-12
+assert abs(NEEDED - claims.COLLAPSE_FRACTION * math.log(BATCH)) < 1e-12
+# the sizes come from the records' resolved configurations
+for run in RUNS:
+    res = run["config"]["resolved"]
+    assert res["projection_dim"] == D and res["monitor_kappa"] == KAPPA, run["name"]
+    if run["family"] == "dino":
+        assert res["head_out"] == K_DINO
+assert BYOL_REF == runs_of("BYOL: published")[0]["config"]["resolved"]
+assert DINO_REF == runs_of("DINO: published")[0]["config"]["resolved"]
 for run in RUNS:  # every logged entropy lies in [floor, ceiling]; reconstruction at most its maximum
-    h = np.array(run["history"]["entropy"], dtype=float)
+    h = np.array([np.nan if v is None else v for v in run["history"]["entropy"]], dtype=float)
+    h = h[np.isfinite(h)]
     assert np.all(h >= H_FLOOR - 1e-3) and np.all(h <= H_CEILING + 1e-6), run["name"]
-    assert np.all(np.array(run["history"]["reconstruction"]) <= REC_MAX + 1e-3), run["name"]
+    rec = np.array([np.nan if v is None else v for v in run["history"]["reconstruction"]], dtype=float)
+    assert np.all(rec[np.isfinite(rec)] <= REC_MAX + 1e-3), run["name"]
     if "discrete_entropy" in run["history"]:
-        dh = np.array(run["history"]["discrete_entropy"], dtype=float)
-        assert np.all(dh <= math.log(K_DINO) + 1e-4), run["name"]
-# the at-initialisation measurement is finite and the ratio is a ratio
-for (label, seed), m in init.items():
-    assert all(np.isfinite(v) for v in m.values()), (label, seed)
-    assert m["mean_to_spread"] > 0
-assert len(VARIANTS) == 11 and len(BYOL_LABELS) == 6 and len(DINO_LABELS) == 5
+        dh = np.array([v for v in run["history"]["discrete_entropy"] if v is not None], dtype=float)
+        assert np.all(dh <= LOG_K + 1e-4), run["name"]
+# the variants are those of the experiment's plan, each in every seed
+from mvssl_core.ssl_runs import Scale, dynamics
+assert set(VARIANTS.values()) == {(r.family, r.variant) for r in dynamics(Scale())}
+assert all(len(runs_of(label)) == len(SEEDS) for label in VARIANTS)
+assert set(BYOL_LABELS) | set(DINO_LABELS) == set(VARIANTS)
 """,
-    # The prose states these readings of the data; keep them true.
-    "prose_claims": """
-import math
-import numpy as np
-
-LOG_K = math.log(K_DINO)
-# BYOL: the predictor, not the EMA, separates kept from collapsed entropy
-for label in ("BYOL: published", "BYOL: no EMA", "BYOL: EMA 0.9", "BYOL: EMA 0.999"):
-    assert state(runs_of(label)) == "keeps its entropy", label
-for label in ("BYOL: no predictor", "BYOL: no predictor, no EMA"):
-    assert state(runs_of(label)) == "collapses", label
-# the effective rank of every BYOL variant falls from its first logged value
-for label in BYOL_LABELS:
-    for r in runs_of(label):
-        assert final(r, "effective_rank") < first(r, "effective_rank"), r["name"]
-# DINO at initialisation: BatchNorm'd BYOL projections spread out, DINO's bottleneck concentrated
-for s in SEEDS:
-    b, d = init[("BYOL: published", s)], init[("DINO: published", s)]
-    assert d["effective_rank"] < b["effective_rank"] / 2, (b, d)
-    assert d["entropy"] - H_FLOOR < b["entropy"] - H_FLOOR, (b, d)
-    assert b["mean_to_spread"] > 1
-# every DINO variant collapses, and was already collapsed at the first logged step
-for label in DINO_LABELS:
-    assert state(runs_of(label)) == "collapses", label
-    for r in runs_of(label):
-        assert first(r, "entropy") - H_FLOOR < COLLAPSE_FRACTION * math.log(BATCH), r["name"]
-        assert max(r["history"]["effective_rank"]) < 2, r["name"]
-# assignment entropy: log K with centring, near 0 without; both certify no information
-for r in runs_of("DINO: published"):
-    assert final(r, "discrete_entropy") >= HIGH * LOG_K
-    assert abs(-final(r, "discrete_reconstruction") - LOG_K) < 0.05  # cross-entropy about log K
-    assert abs(discrete_er(r)) <= INFO_MARGIN
-    assert -first(r, "discrete_reconstruction") < -final(r, "discrete_reconstruction")  # CE grows
-for r in runs_of("DINO: no centring"):
-    assert final(r, "discrete_entropy") <= LOW * LOG_K and abs(discrete_er(r)) <= INFO_MARGIN
-# without EMA: teacher uniform at the end, student confident (bound below zero); lower entropy on average
-for r in runs_of("DINO: no EMA"):
-    assert final(r, "discrete_entropy") >= HIGH * LOG_K and discrete_er(r) < -INFO_MARGIN
-assert (np.mean([mean_over_training(r, "discrete_entropy") for r in runs_of("DINO: no EMA")])
-        < np.mean([mean_over_training(r, "discrete_entropy") for r in runs_of("DINO: published")]))
-# the constant-temperature variants end where the published one ends (cross-entropy about log K)
-for label in ("DINO: teacher T 0.04", "DINO: teacher T 0.1 (no sharpening)"):
-    for r in runs_of(label):
-        assert abs(-final(r, "discrete_reconstruction") - LOG_K) < 0.1, r["name"]
-# accuracy: one change stands out; the rest are a few points
-others = [abs(v) for label, v in KNN_DELTAS.items() if label != acc_worst]
-assert max(others) < 5 < abs(KNN_DELTAS[acc_worst]), KNN_DELTAS
+    "health_gate": """
+# the gate is the health check of the published recipe, every seed; a failing ablation does not gate
+hs = claims.health_table(record)
+assert {h.name for h in hs} == set(HEALTH) and len(hs) == len(RUNS)
+for family, label in PUBLISHED.items():
+    assert TRAINS[family] == all(h.trains for h in hs if h.name.startswith(f"{family}/published/"))
+for key, c in CLAIMS.items():
+    if not TRAINS[c["family"]]:
+        assert c["verdict"] == claims.NOT_TESTABLE, key
+    else:
+        assert all(p["verdict"] != claims.NOT_TESTABLE for p in c["parts"]), key
+""",
+    "summary_is_sections": """
+# every verdict glued by a section is the one in CLAIMS, and the summary says the same, in order
+lines = SUMMARY.splitlines()
+assert len(lines) == len(CLAIMS)
+for line, (key, c) in zip(lines, CLAIMS.items()):
+    assert f"**{c['claim']}**" in line and f"*{c['verdict']}*" in line, (key, line)
+    assert c["verdict"] == claims.pool([claims.verdict(p["effect"], p["direction"], min_effect=p["min_effect"],
+                                                       trains=TRAINS[c["family"]]) for p in c["parts"]]), key
 """,
 }
 
@@ -155,6 +148,11 @@ assert max(others) < 5 < abs(KNN_DELTAS[acc_worst]), KNN_DELTAS
 @pytest.fixture(scope="module")
 def executed() -> nbformat.NotebookNode:
     return run_checks(CHAPTER, CHECKS)
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict:
+    return json.loads(RESULTS.read_text())
 
 
 def test_chapter_cells_run(executed):
@@ -168,47 +166,112 @@ def test_callback_checks(executed, name):
     assert not errors, errors[0]
 
 
-def test_every_glue_reference_isglued_values(executed):
+def test_every_glue_reference_is_glued(executed):
     text = CHAPTER.read_text()
     used = set(re.findall(r"\{glue:text\}`([^`:]+)", text)) | set(re.findall(r"```\{glue:figure\} (\S+)", text))
     missing = used - set(glued_values(executed))
     assert not missing, f"referenced but never glued: {sorted(missing)}"
 
 
-def test_verdicts_allowed_and_recomputed(executed):
-    glued = glued_values(executed)
-    verdicts = {k: v for k, v in glued.items() if k.startswith("v_")}
-    assert len(verdicts) == 7, sorted(verdicts)
-    for key, value in verdicts.items():
-        assert value in VERDICTS, (key, value)
-    for key, value in glued.items():
-        if key.startswith("state_"):
-            assert value in STATES, (key, value)
+# ------------------------------------------------------------------------------------------------
+# The verdicts, recomputed from the raw file with claims' statistics (not through the page's helpers)
 
-    # recompute three verdicts from the raw file, with the page's stated criteria
-    runs = json.loads(RESULTS.read_text())["metrics"]["runs"]
-    from mvssl_core.special import vmf_log_normalizer
 
-    floor = -(float(vmf_log_normalizer(64, 10.0)) + 10.0)
-    window = math.log(128)
+def _finite(run: dict, metric: str) -> list[float]:
+    return [float(v) for v in run["history"][metric] if v is not None and math.isfinite(v)]
+
+
+def _end(run: dict, metric: str) -> float:
+    return float(np.mean(_finite(run, metric)[-5:]))  # the health check's window
+
+
+def _first(run: dict, metric: str) -> float:
+    return _finite(run, metric)[0]
+
+
+def _margin(run: dict) -> float:
+    res = run["config"]["resolved"]
+    return _end(run, "entropy") - claims.vmf_kde_floor(res["projection_dim"], res["monitor_kappa"])
+
+
+def recomputed_verdicts(raw: dict) -> dict[str, str]:
+    runs = raw["metrics"]["runs"]
 
     def of(family, variant):
-        return [r for r in runs if r["family"] == family and r["variant"] == variant]
+        selected = [r for r in runs if r["family"] == family and r["variant"] == variant]
+        assert selected, (family, variant)
+        return selected
 
-    def verdict(flags):
-        return "reproduced" if all(flags) else "not reproduced" if not any(flags) else \
-            "inconclusive (the seeds disagree)"
+    trains = {fam: all(claims.health(r, raw["metrics"]["random_init"]).trains for r in of(fam, "published"))
+              for fam in ("byol", "dino")}
+    needed = claims.COLLAPSE_FRACTION * math.log(runs[0]["batch_size"])
+    (k,) = {r["config"]["resolved"]["head_out"] for r in runs if r["family"] == "dino"}
+    d_needed = claims.COLLAPSE_FRACTION * math.log(k)
 
-    collapsed = [r["history"]["entropy"][-1] - floor < 0.1 * window for r in of("byol", "no EMA")]
-    assert glued["v_byol_ema"] == verdict(collapsed)
-    kept = [r["history"]["entropy"][-1] - floor >= 0.1 * window for r in of("byol", "no predictor")]
-    assert glued["v_byol_ema_alone"] == verdict(kept)
-    log_k = math.log(256)
-    pub = {r["seed"]: r for r in of("dino", "published")}
-    noc = {r["seed"]: r for r in of("dino", "no centring")}
-    flags = [pub[s]["history"]["discrete_entropy"][-1] >= 0.9 * log_k
-             and noc[s]["history"]["discrete_entropy"][-1] <= 0.1 * log_k for s in pub]
-    assert glued["v_dino_centring"] == verdict(flags)
+    def v(effect, direction, family, min_effect=0.0):
+        return claims.verdict(effect, direction, min_effect=min_effect, trains=trains[family])
+
+    h = {variant: [_end(r, "discrete_entropy") for r in of("dino", variant)]
+         for variant in ("published", "no centring", "no EMA")}
+    return {
+        "byol_rec": v(claims.one_sample([_end(r, "reconstruction") - _first(r, "reconstruction")
+                                         for r in of("byol", "published")], 0.0), +1, "byol"),
+        "byol_ema": v(claims.one_sample([_margin(r) for r in of("byol", "no EMA")], needed), -1, "byol"),
+        "byol_ema_alone": v(claims.one_sample([_margin(r) for r in of("byol", "no predictor")], needed), +1, "byol"),
+        "dino_centring": claims.pool([
+            v(claims.one_sample(h["published"], d_needed), +1, "dino"),
+            v(claims.one_sample(h["no centring"], d_needed), -1, "dino"),
+            v(claims.welch(h["no centring"], h["published"]), -1, "dino", min_effect=d_needed)]),
+        "dino_rec": v(claims.one_sample([_end(r, "discrete_reconstruction") - _first(r, "discrete_reconstruction")
+                                         for r in of("dino", "published")], 0.0), +1, "dino"),
+        "dino_ema": v(claims.one_sample(h["no EMA"], d_needed), -1, "dino"),
+        "dino_continuous": v(claims.one_sample([_margin(r) for r in of("dino", "published")], needed), +1, "dino"),
+    }
+
+
+def test_verdicts_recomputed_from_the_raw_file(executed, raw):
+    glued = glued_values(executed)
+    verdicts = {k.removeprefix("v_"): v for k, v in glued.items() if k.startswith("v_")}
+    assert sorted(verdicts) == sorted(CLAIM_KEYS)
+    assert all(is_verdict(v) for v in verdicts.values()), verdicts
+    assert verdicts == recomputed_verdicts(raw)
+
+
+def test_summary_has_the_sections_verdicts(executed):
+    """The closing list is built from CLAIMS: one line per claim, in order, with the glued verdict."""
+    glued = glued_values(executed)
+    assert glued["claim_keys"] == CLAIM_KEYS
+    lines = glued["summary_md"].splitlines()
+    assert len(lines) == len(CLAIM_KEYS)
+    pattern = re.compile(r"^- \*\*(?P<claim>.+?)\*\* \((?P<source>[^)]+)\) — \*(?P<verdict>[^*]+)\*\. ")
+    for key, line in zip(CLAIM_KEYS, lines):
+        m = pattern.match(line)
+        assert m, line
+        assert m["claim"] == glued[f"claim_{key}"], (key, line)
+        assert m["verdict"] == glued[f"v_{key}"], (key, line)
+
+
+def test_gate_makes_a_claim_not_testable(raw):
+    """A published run that fails the health check turns its family's verdicts into NOT_TESTABLE."""
+    broken = json.loads(json.dumps(raw))
+    for run in broken["metrics"]["runs"]:
+        if run["family"] == "byol" and run["variant"] == "published":
+            run["final"]["knn_top1"] = 0.0  # below any untrained backbone
+            break
+    verdicts = recomputed_verdicts(broken)
+    assert all(verdicts[k] == claims.NOT_TESTABLE for k in CLAIM_KEYS if k.startswith("byol"))
+    assert {k: v for k, v in verdicts.items() if k.startswith("dino")} == \
+        {k: v for k, v in recomputed_verdicts(raw).items() if k.startswith("dino")}
+
+
+def test_page_reads_the_library_not_its_own_rules():
+    source = CHAPTER.read_text()
+    for needed in ("claims.load_or_explain", "claims.provenance_line", "claims.health_table",
+                   "claims.verdict", "claims.one_sample", "claims.welch", "claims.pool", "claims.run_collapsed"):
+        assert needed in source, needed
+    for banned in ("def verdict", "COLLAPSE_FRACTION =", "vmf_log_normalizer", "load_experiment(",
+                   "inspect.signature(BYOL", "inspect.signature(DINO", "has no normalisation"):
+        assert banned not in source, banned
 
 
 def test_page_has_a_slider_and_static_figures(executed):

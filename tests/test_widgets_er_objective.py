@@ -1,19 +1,20 @@
-"""The widget callbacks of book/er_objective.md, driven programmatically.
+"""book/er_objective.md, executed in a fresh kernel and checked against the raw results files.
 
-The chapter runs once in a fresh kernel (jupytext.read + nbclient, as tests/test_book.py), with
-check cells appended that call its callbacks (``batch_view``, ``ema_view``, ``ablation_view``) over
-several settings. Each check recomputes, from the raw JSON records and without ``mvssl_core``, what
-the figure should show: the means and standard deviations over seeds, read back from the plotted
-artists (error-bar lines and bars), the drops and their standard errors, and the verdicts by the
-stated rule. A last check keeps the chapter's prose true: every reading of the data the prose
-states is asserted on the stored runs.
+The chapter runs once (jupytext.read + nbclient, as tests/test_book.py), with check cells appended.
+The checks drive the widget callbacks (``batch_view``, ``ema_view``, ``ablation_view``) over both
+probes and several confidence levels, and recompute from the raw JSON records, with ``claims.welch``,
+``claims.one_sample``, ``claims.health`` and ``claims.verdict`` but none of the chapter's helpers, what
+each figure shows (read back from its artists) and each verdict. The pytest tests then read the
+executed notebook: the closing summary must list exactly the verdicts of the sections' tables and
+glued values, and every glue reference of the prose must resolve.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from _chapters import chapter_errors, check_errors, run_checks
+from _chapters import chapter_errors, check_errors, glued_values, run_checks
 import nbformat
 import pytest
 
@@ -27,89 +28,123 @@ import matplotlib.figure
 import numpy as np
 from matplotlib.container import BarContainer, ErrorbarContainer
 
-RAW = {name: json.loads((ROOT / "results" / "ssl" / f"{name}.json").read_text())
-       for name in ("batch", "batch_steps", "ema", "ablation")}
-ALLOWED = {"reproduced", "not reproduced", "inconclusive", "both collapsed", "no degradation"}
+from mvssl_core import claims as C
+
+RAW = {n: json.loads((ROOT / "results" / "ssl" / f"{n}.json").read_text()) for n in ("batch", "ema", "ablation")}
+FAMS = ("simclr", "byol", "dino", "swav", "deepcluster")
 
 
-def raw_cell(record, metric, setting, method, value):
-    vals = [100.0 * r["final"][metric] for r in record["metrics"]["runs"]
-            if r["method"] == method and r["labels"][setting] == value]
-    assert len(vals) >= 2, (method, value)
-    return float(np.mean(vals)), float(np.std(vals, ddof=1)), len(vals)
+def raw_runs(exp, method, **labels):
+    runs = [r for r in RAW[exp]["metrics"]["runs"]
+            if r["method"] == method and all(r["labels"][k] == v for k, v in labels.items())]
+    assert runs, (exp, method, labels)
+    return sorted(runs, key=lambda r: r["seed"])
 
 
-def raw_verdict(mean, se, z, step):
-    margin = max(z * se, step)
-    return "reproduced" if mean > margin else "not reproduced" if mean < -margin else "inconclusive"
+def raw_acc(runs, metric):
+    return [100.0 * r["final"][metric] for r in runs]
 
 
-def errorbars(ax):
-    # label -> (x, y, half-lengths of the error bars) of every error-bar container of an axes
-    out = {}
+def raw_healthy(exp, runs):
+    return all(C.health(r, RAW[exp]["metrics"]["random_init"]).trains for r in runs)
+
+
+def mean_sd(values):
+    return float(np.mean(values)), float(np.std(values, ddof=1))
+
+
+def raw_robust(exp, fam, stress, ref, gate, metric, alpha):
+    # (welch effect of the per-seed changes ER vs original, verdict, the original's one-sample effect and verdict)
+    changes = {}
+    for m in (fam, fam + "_er"):
+        lo = {r["seed"]: 100.0 * r["final"][metric] for r in raw_runs(exp, m, **stress)}
+        hi = {r["seed"]: 100.0 * r["final"][metric] for r in raw_runs(exp, m, **ref)}
+        assert lo.keys() == hi.keys() and len(lo) >= 2, (m, lo.keys(), hi.keys())
+        changes[m] = [lo[s] - hi[s] for s in sorted(lo)]
+    ok = raw_healthy(exp, [r for m in (fam, fam + "_er") for g in gate for r in raw_runs(exp, m, **g)])
+    e = C.welch(changes[fam + "_er"], changes[fam], alpha)
+    o = C.one_sample(changes[fam], 0.0, alpha)
+    return e, C.verdict(e, 1, trains=ok), o, C.verdict(o, -1, trains=ok), ok
+
+
+def same_effect(a, b):
+    return all(math.isclose(getattr(a, f), getattr(b, f), rel_tol=1e-9, abs_tol=1e-9)
+               for f in ("diff", "low", "high"))
+
+
+def errorbar_data(ax):
+    # [(label, x, y, lower half-lengths, upper half-lengths)] of the error-bar containers, in drawing order
+    out = []
     for c in ax.containers:
         if isinstance(c, ErrorbarContainer):
             x, y = (np.asarray(v, dtype=float) for v in c.lines[0].get_data())
             segs = c.lines[2][0].get_segments()
-            half = np.array([abs(s[1][1] - s[0][1]) / 2 for s in segs])
-            centre = np.array([(s[1][1] + s[0][1]) / 2 for s in segs])
-            assert np.allclose(centre, y), c.get_label()
-            out[c.get_label()] = (np.asarray(x), np.asarray(y), half)
+            low = np.array([y[i] - min(s[0][1], s[1][1]) for i, s in enumerate(segs)])
+            high = np.array([max(s[0][1], s[1][1]) - y[i] for i, s in enumerate(segs)])
+            out.append((c.get_label(), x, y, low, high))
     return out
 
 
-def check_sweep(r, record, setting, families, family_axes, z, stress, reference):
-    assert isinstance(r["figure"], matplotlib.figure.Figure)
-    assert all(ax.has_data() for ax in r["figure"].axes if ax.get_visible())
-    step = 100.0 / record["metrics"]["random_init"][0]["n_test"]
-    values = sorted({run["labels"][setting] for run in record["metrics"]["runs"]})
-    assert list(r["values"]) == values
-    for fam, ax in zip(families, family_axes):
-        plotted = errorbars(ax)
-        drops = {}
-        for method in (fam, fam + "_er"):
-            cells = [raw_cell(record, r["metric"], setting, method, v) for v in values]
-            means = np.array([c[0] for c in cells]); sds = np.array([c[1] for c in cells])
-            assert np.allclose(r["means"][method], means, atol=1e-9), method
-            assert np.allclose(r["sds"][method], sds, atol=1e-9), method
-            x, y, half = plotted[name(method)]
-            assert np.allclose(y, means, atol=1e-9) and np.allclose(half, sds, atol=1e-9), method
-            ref, low = cells[values.index(reference)], cells[values.index(stress)]
-            drop = (ref[0] - low[0], math.sqrt(ref[1]**2 / ref[2] + low[1]**2 / low[2]))
-            assert math.isclose(r["drops"][method].mean, drop[0], abs_tol=1e-9), method
-            assert math.isclose(r["drops"][method].se, drop[1], abs_tol=1e-9), method
-            drops[method] = drop
-        adv = (drops[fam][0] - drops[fam + "_er"][0], math.hypot(drops[fam][1], drops[fam + "_er"][1]))
-        assert math.isclose(r["advantages"][fam].mean, adv[0], abs_tol=1e-9)
-        v = r["verdicts"][fam]
-        assert v in ALLOWED, v
-        if v not in ("both collapsed", "no degradation"):
-            assert v == raw_verdict(*adv, z, step), (fam, v, adv)
-            assert any(raw_verdict(*drops[m], z, step) == "reproduced" for m in (fam, fam + "_er"))
-        if v == "no degradation":
-            assert all(raw_verdict(*drops[m], z, step) != "reproduced" for m in (fam, fam + "_er"))
-    assert r["pooled_verdict"] in ALLOWED | {"nothing to test"}
+BATCH_SIZES = sorted({r["batch_size"] for r in RAW["batch"]["metrics"]["runs"]})
+SMALL_B, LARGE_B = BATCH_SIZES[0], BATCH_SIZES[-1]
+EMA_VALUES = sorted({r["labels"]["ema"] for r in RAW["ema"]["metrics"]["runs"]})
 """
 
 CHECKS = {
+    "protocol": """
+# the batch experiment is what the prose says: two batch sizes, one number of steps, the lr rules
+assert len(BATCH_SIZES) == 2, BATCH_SIZES
+steps = {r["steps"] for r in RAW["batch"]["metrics"]["runs"]}
+assert steps == {RAW["batch"]["config"]["scale"]["batch_steps"]}, steps
+n_train = RAW["batch"]["metrics"]["random_init"][0]["n_train"]
+assert steps.pop() * LARGE_B / n_train > 2 * RAW["ema"]["config"]["scale"]["epochs"]  # "several times the epochs"
+for fam in FAMS:
+    for m in (fam, fam + "_er"):
+        big = {r["config"]["optim"]["lr"] for r in raw_runs("batch", m, batch_size=LARGE_B, regime="both")}
+        assert len(big) == 1, (m, big)
+        lr = big.pop()
+        for regime, factor in (("linear", SMALL_B / LARGE_B), ("sqrt", math.sqrt(SMALL_B / LARGE_B))):
+            runs = raw_runs("batch", m, batch_size=SMALL_B, regime=regime)
+            assert len(runs) == 5, (m, regime, len(runs))
+            for r in runs:
+                assert r["config"]["optim"]["scale_lr"] is False, r["name"]
+                assert math.isclose(r["config"]["optim"]["lr"], lr * factor, rel_tol=1e-9), r["name"]
+assert LARGE_B == 256  # the linear rule's reference: lr = base x batch / 256
+assert EMA_VALUES == [0.0, 0.9, 0.99], EMA_VALUES
+assert sorted({r["labels"]["er_terms"] for r in RAW["ablation"]["metrics"]["runs"]}) == sorted(TERMS)
+""",
     "batch_view": """
-sizes = sorted({r["batch_size"] for r in RAW["batch"]["metrics"]["runs"]})
-assert sizes == sorted({r["batch_size"] for r in RAW["batch_steps"]["metrics"]["runs"]})
-for protocol, record in (("epochs", RAW["batch"]), ("steps", RAW["batch_steps"])):
-    for metric, z, small in [("linear_top1", 2.0, sizes[0]), ("knn_top1", 1.0, sizes[0]),
-                             ("knn_top1", 3.0, sizes[1]), ("linear_top1", 0.5, sizes[1])]:
-        r = batch_view(metric=metric, z=z, small=small, protocol=protocol)
-        assert r["protocol"] == protocol
-        check_sweep(r, record, "batch_size", FAMILIES, r["figure"].axes[:5], z, small, sizes[-1])
-        assert len(r["figure"].axes[5].patches) == 2 * len(FAMILIES)  # the drop bars
-        plt.close(r["figure"])
-# the protocols: same epochs (more steps at a small batch) or the same steps at every batch size
-fixed = {r["steps"] for r in RAW["batch_steps"]["metrics"]["runs"]}
-assert len(fixed) == 1, fixed
-by_batch = {b: {r["steps"] for r in RAW["batch"]["metrics"]["runs"] if r["batch_size"] == b} for b in sizes}
-assert all(len(v) == 1 for v in by_batch.values()), by_batch
-assert max(by_batch[sizes[0]]) > max(by_batch[sizes[-1]]), by_batch  # fixed epochs: more steps at a small batch
-for bad in [dict(small=sizes[-1]), dict(protocol="images")]:
+for metric in ("knn_top1", "linear_top1"):
+    for alpha in (0.05, 0.1):
+        r = batch_view(metric=metric, alpha=alpha)
+        fig = r["figure"]
+        assert isinstance(fig, matplotlib.figure.Figure)
+        for fam, ax in zip(FAMS, fig.axes[:5]):
+            drawn = {lab: (y, lo, hi) for lab, x, y, lo, hi in errorbar_data(ax)}
+            for m in (fam, fam + "_er"):
+                for regime in ("linear", "sqrt"):
+                    cells = [mean_sd(raw_acc(raw_runs("batch", m, **w), metric))
+                             for w in ({"batch_size": SMALL_B, "regime": regime},
+                                       {"batch_size": LARGE_B, "regime": "both"})]
+                    y, lo, hi = drawn[f"{name(m)}, {regime}"]
+                    assert np.allclose(y, [c[0] for c in cells], atol=1e-9), (m, regime)
+                    assert np.allclose(lo, [c[1] for c in cells], atol=1e-9), (m, regime)
+                    assert np.allclose(hi, [c[1] for c in cells], atol=1e-9), (m, regime)
+        effects = errorbar_data(fig.axes[5])
+        assert len(effects) == 2 * len(FAMS)
+        for k, (regime, fam) in enumerate([(g, f) for g in ("linear", "sqrt") for f in FAMS]):
+            res = r["results"][regime][FAMS.index(fam)]
+            e, v, o, ov, ok = raw_robust("batch", fam, {"batch_size": SMALL_B, "regime": regime},
+                                         {"batch_size": LARGE_B, "regime": "both"},
+                                         [{"batch_size": SMALL_B, "regime": regime},
+                                          {"batch_size": LARGE_B, "regime": "both"}], metric, alpha)
+            assert res["family"] == fam and same_effect(res["effect"], e), (regime, fam)
+            assert res["verdict"] == v and res["original_degrades"] == ov and res["trains"] == ok, (regime, fam)
+            assert same_effect(res["original"], o), (regime, fam)
+            _, _, y, lo, hi = effects[k]
+            assert np.allclose([y[0], y[0] - lo[0], y[0] + hi[0]], [e.diff, e.low, e.high], atol=1e-9), (regime, fam)
+        plt.close(fig)
+for bad in (dict(metric="top5"), dict(alpha=0.0), dict(alpha=1.5)):
     try:
         batch_view(**bad)
         raise AssertionError(f"batch_view accepted {bad}")
@@ -117,180 +152,112 @@ for bad in [dict(small=sizes[-1]), dict(protocol="images")]:
         pass
 """,
     "ema_view": """
-emas = sorted({r["labels"]["ema"] for r in RAW["ema"]["metrics"]["runs"]})
-for metric, z, small in [("linear_top1", 2.0, emas[0]), ("knn_top1", 1.0, emas[0]),
-                         ("linear_top1", 3.0, emas[1])]:
-    r = ema_view(metric=metric, z=z, small=small)
-    axes = r["figure"].axes
-    check_sweep(r, RAW["ema"], "ema", EMA_FAMILIES, axes[:2], z, small, emas[-1])
-    # the bottom row: the entropy above collapse, mean and sd over seeds, read back from the artists
-    for fam, ax in zip(EMA_FAMILIES, axes[3:5]):
-        plotted = errorbars(ax)
-        for method in (fam, fam + "_er"):
-            _, y, half = plotted[name(method)]
-            gaps = [[max(np.mean([v for v in run["history"]["entropy"][-LAST:] if v is not None])
-                         - collapsed_entropy(run), 0.0)
-                     for run in RAW["ema"]["metrics"]["runs"]
-                     if run["method"] == method and run["labels"]["ema"] == lam] for lam in emas]
-            assert np.allclose(y, [np.mean(g) for g in gaps], atol=1e-9), method
-            assert np.allclose(half, [np.std(g, ddof=1) for g in gaps], atol=1e-9), method
-            assert np.all(np.array(y) >= 0.0), method  # never below a collapsed batch
-    plt.close(r["figure"])
+init = RAW["ema"]["metrics"]["random_init"]
+for metric in ("knn_top1", "linear_top1"):
+    for alpha in (0.05, 0.01):
+        r = ema_view(metric=metric, alpha=alpha)
+        axes = r["figure"].axes
+        for col, fam in enumerate(("byol", "dino")):
+            acc = {lab: (y, lo) for lab, x, y, lo, hi in errorbar_data(axes[col])}
+            ent = {lab: (y, lo) for lab, x, y, lo, hi in errorbar_data(axes[3 + col])}
+            for m in (fam, fam + "_er"):
+                groups = [raw_runs("ema", m, ema=lam) for lam in EMA_VALUES]
+                cells = [mean_sd(raw_acc(g, metric)) for g in groups]
+                assert np.allclose(acc[name(m)][0], [c[0] for c in cells], atol=1e-9), m
+                assert np.allclose(acc[name(m)][1], [c[1] for c in cells], atol=1e-9), m
+                margins = [mean_sd([C.health(run, init).entropy_margin for run in g]) for g in groups]
+                assert np.allclose(ent[name(m)][0], [c[0] for c in margins], atol=1e-9), m
+                assert np.allclose(ent[name(m)][1], [c[1] for c in margins], atol=1e-9), m
+        for stress in (0.0, 0.9):
+            for i, fam in enumerate(("byol", "dino")):
+                res = r["results"][f"EMA {stress:g}"][i]
+                e, v, o, ov, ok = raw_robust("ema", fam, {"ema": stress}, {"ema": 0.99}, [{"ema": 0.99}],
+                                             metric, alpha)
+                assert same_effect(res["effect"], e) and res["verdict"] == v, (fam, stress)
+                assert res["original_degrades"] == ov and res["trains"] == ok, (fam, stress)
+        plt.close(r["figure"])
 """,
     "ablation_view": """
-from mvssl_core.special import vmf_log_normalizer
-
-def floor_entropy(run):  # -log C_d(kappa) - kappa, recomputed from the run's own config
-    hyper = run["config"]["hyper"]
-    d = hyper["head"]["bottleneck"] if "head" in hyper else hyper["projector"]["out"]
-    return -float(vmf_log_normalizer(d, 10.0)) - 10.0
-
-runs = RAW["ablation"]["metrics"]["runs"]
-for metric, z in [("linear_top1", 2.0), ("knn_top1", 1.0), ("knn_top1", 3.0)]:
-    r = ablation_view(metric=metric, z=z)
+init = RAW["ablation"]["metrics"]["random_init"]
+for metric in ("knn_top1", "linear_top1"):
+    r = ablation_view(metric=metric, alpha=0.05)
     fig = r["figure"]
-    assert isinstance(fig, matplotlib.figure.Figure) and all(ax.has_data() for ax in fig.axes)
-    step = 100.0 / RAW["ablation"]["metrics"]["random_init"][0]["n_test"]
-    for col, fam in enumerate(ABLATION_FAMILIES):
-        plotted = errorbars(fig.axes[col])
-        gap_bars = [c for c in fig.axes[3 + col].containers if isinstance(c, BarContainer)][0]
-        cells = {t: raw_cell(RAW["ablation"], metric, "er_terms", fam + "_er", t) for t in TERMS}
-        for t in TERMS:
-            _, y, half = plotted[t]
-            assert np.allclose(y, [cells[t][0]], atol=1e-9) and np.allclose(half, [cells[t][1]], atol=1e-9)
-        assert np.allclose([r["sds"][fam, t] for t in TERMS], [cells[t][1] for t in TERMS], atol=1e-9)
-        status = {}
-        for i, t in enumerate(TERMS):
-            mine = [run for run in runs if run["method"] == fam + "_er" and run["labels"]["er_terms"] == t]
-            raw = [np.mean([v for v in run["history"]["entropy"][-LAST:] if v is not None])
-                   - floor_entropy(run) for run in mine]
-            assert min(raw) > -1e-3, raw  # a float32 log of the floor, never truly below it
-            gaps = [max(g, 0.0) for g in raw]
-            ranks = [np.mean([v for v in run["history"]["effective_rank"][-LAST:] if v is not None])
-                     for run in mine]
-            assert math.isclose(gap_bars.patches[i].get_height(), np.mean(gaps), abs_tol=1e-9), (fam, t)
-            assert math.isclose(r["gap_sd"][fam, t], np.std(gaps, ddof=1), abs_tol=1e-9), (fam, t)
-            assert math.isclose(r["rank"][fam, t], np.mean(ranks), abs_tol=1e-9), (fam, t)
-            low = [g < TAU for g in gaps]
-            expected = "collapsed" if all(low) else "not collapsed" if not any(low) else "partly collapsed"
-            assert r["status"][fam, t] == expected, (fam, t, gaps)
-            status[t] = expected
-            if t != "both":
-                both = cells["both"]
-                c = (both[0] - cells[t][0], math.sqrt(both[1]**2 / both[2] + cells[t][1]**2 / cells[t][2]))
-                assert math.isclose(r["both_beats"][fam, t].mean, c[0], abs_tol=1e-9)
-                assert math.isclose(r["both_beats"][fam, t].se, c[1], abs_tol=1e-9)
-                dead = status["both"] == status[t] == "collapsed"
-                assert r["both_beats_verdict"][fam, t] == ("both collapsed" if dead else raw_verdict(*c, z, step))
-    assert r["collapse_verdict"] in {"reproduced", "not reproduced", "inconclusive"}
+    for col, fam in enumerate(("simclr", "byol", "dino")):
+        drawn = {lab: y for lab, x, y, lo, hi in errorbar_data(fig.axes[col])}
+        bars = [c for c in fig.axes[3 + col].containers if isinstance(c, BarContainer)][0]
+        groups = {t: raw_runs("ablation", fam + "_er", er_terms=t) for t in ("both", "entropy", "reconstruction")}
+        for i, (t, g) in enumerate(groups.items()):
+            assert np.allclose(drawn[t], [np.mean(raw_acc(g, metric))], atol=1e-9), (fam, t)
+            margins = [C.health(run, init).entropy_margin for run in g]
+            assert math.isclose(bars.patches[i].get_height(), np.mean(margins), abs_tol=1e-9), (fam, t)
+            assert r["collapsed"][fam, t] == sum(C.run_collapsed(run) for run in g), (fam, t)
+        ok = raw_healthy("ablation", groups["both"])
+        needed = C.COLLAPSE_FRACTION * math.log(RAW["ablation"]["config"]["scale"]["batch_size"])
+        expect = {f"abl_entropy_keeps_{fam}": (C.one_sample([C.health(x, init).entropy_margin
+                                                              for x in groups["entropy"]], needed), 1)}
+        if fam == "simclr":
+            expect["abl_recon_collapses_simclr"] = (
+                C.one_sample([C.health(x, init).entropy_margin for x in groups["reconstruction"]], needed), -1)
+        for t in ("entropy", "reconstruction"):
+            expect[f"abl_both_vs_{t}_{fam}"] = (C.welch(raw_acc(groups["both"], metric), raw_acc(groups[t], metric)), 1)
+        for key, (e, d) in expect.items():
+            assert same_effect(r["claims"][key][1], e), key
+            assert r["verdicts"][key] == C.verdict(e, d, trains=ok), key
+    assert len(r["claims"]) == 1 + 3 + 6, sorted(r["claims"])
     plt.close(fig)
+""",
+    "claims": """
+# CLAIMS holds exactly the page's claims, each recomputed here from the raw records (kNN, 95%)
+keys = ([f"batch_{g}_{f}" for g in ("linear", "sqrt") for f in FAMS]
+        + [f"ema_{s}_{f}" for s in ("09", "0") for f in ("byol", "dino")]
+        + ["abl_recon_collapses_simclr"]
+        + [f"abl_entropy_keeps_{f}" for f in ("simclr", "byol", "dino")]
+        + [f"abl_both_vs_{t}_{f}" for f in ("simclr", "byol", "dino") for t in ("entropy", "reconstruction")])
+assert sorted(CLAIMS) == sorted(keys), sorted(set(CLAIMS) ^ set(keys))
+for regime in ("linear", "sqrt"):
+    for fam in FAMS:
+        w = [{"batch_size": SMALL_B, "regime": regime}, {"batch_size": LARGE_B, "regime": "both"}]
+        e, v, o, ov, ok = raw_robust("batch", fam, w[0], w[1], w, "knn_top1", 0.05)
+        c = CLAIMS[f"batch_{regime}_{fam}"]
+        assert c["verdict"] == v and same_effect(c["effect"], e), (regime, fam)
+        assert ("cannot show its effect" in c["note"]) == (ov not in (C.REPRODUCED, C.NOT_TESTABLE)), (regime, fam)
+        assert (v == C.NOT_TESTABLE) == (not ok)
+for s, lam in (("09", 0.9), ("0", 0.0)):
+    for fam in ("byol", "dino"):
+        e, v, o, ov, ok = raw_robust("ema", fam, {"ema": lam}, {"ema": 0.99}, [{"ema": 0.99}], "knn_top1", 0.05)
+        c = CLAIMS[f"ema_{s}_{fam}"]
+        assert c["verdict"] == v and same_effect(c["effect"], e), (lam, fam)
+        assert ("cannot show its effect" in c["note"]) == (ov not in (C.REPRODUCED, C.NOT_TESTABLE)), (lam, fam)
+abl = ablation_view(metric="knn_top1")
+plt.close(abl["figure"])
+for key in keys[14:]:
+    assert CLAIMS[key]["verdict"] == abl["verdicts"][key] and same_effect(CLAIMS[key]["effect"], abl["claims"][key][1])
+for key, c in CLAIMS.items():
+    assert c["verdict"] in C.VERDICTS, (key, c["verdict"])
+# the pooled batch verdicts
+for regime in ("linear", "sqrt"):
+    assert BATCH_POOLED[regime] == C.pool([CLAIMS[f"batch_{regime}_{f}"]["verdict"] for f in FAMS])
+""",
+    "health": """
+# the health tables: per group, the seeds that train, and every failing run named with its reasons
+for exp in ("batch", "ema", "ablation"):
+    table, failing = health_summary(exp)
+    runs = RAW[exp]["metrics"]["runs"]
+    bad = [r for r in runs if not C.health(r, RAW[exp]["metrics"]["random_init"]).trains]
+    assert len(failing) == len(bad) == N_FAILING[exp], exp
+    for r in bad:
+        assert any(line.startswith(f"`{r['name']}`: ") for line in failing), r["name"]
+    n_rows = len({(r["method"], tuple(sorted(r["labels"].items()))) for r in runs})
+    assert table.count("\\n") == n_rows + 1, exp
 """,
     "provenance": """
 for name_, record in RAW.items():
     prov = record["provenance"]
     assert prov["command"].startswith("python scripts/experiments/ssl_runs.py"), prov["command"]
-    assert "--smoke" not in prov["command"], f"{name_}.json is a smoke record"
-    assert len({r["seed"] for r in record["metrics"]["runs"]}) >= 3, name_
-""",
-    # The prose states these readings of the stored runs; keep them true when the runs are regenerated.
-    "prose_claims": """
-floor = {m: random_init(batch_record, m) for m in METRICS}
-for metric, view in batch_views.items():
-    f = floor[metric]
-    # no original loses accuracy at the smallest batch, so nothing is tested
-    assert not any(view["original_degrades"].values()), (metric, view["original_degrades"])
-    assert set(view["verdicts"].values()) <= {"no degradation", "both collapsed"}, view["verdicts"]
-    assert view["pooled_verdict"] == "nothing to test"
-    means = view["means"]
-    # BYOL-ER above BYOL at every batch; SimCLR-ER below SimCLR at the largest batch, close elsewhere
-    assert np.all(means["byol_er"] > means["byol"]), metric
-    assert means["simclr_er"][-1] < means["simclr"][-1], metric
-    assert np.all(np.abs(means["simclr_er"][:-1] - means["simclr"][:-1]) < 1.5), metric
-    assert view["advantages"]["simclr"].mean > 0, metric
-    # DINO and DINO-ER collapsed everywhere, no better than the untrained backbone
-    for m in ("dino", "dino_er"):
-        assert view["status"][m] == ["collapsed"] * len(BATCH_SIZES), (m, view["status"][m])
-        assert np.all(means[m] <= f.mean + f.sd), (metric, m, means[m])
-    assert view["verdicts"]["dino"] == "both collapsed"
-    # DeepCluster-ER below DeepCluster at every batch
-    assert np.all(means["deepcluster_er"] < means["deepcluster"]), metric
-    # clustering objectives: kNN below the untrained backbone, linear within its band or above
-    for m in ("swav", "swav_er", "deepcluster_er"):
-        if metric == "knn_top1":
-            assert np.all(means[m] < f.mean), (m, means[m])
-        else:
-            assert np.all(means[m] >= f.mean - f.sd), (m, means[m])
-knn = batch_views["knn_top1"]["means"]
-gaps = knn["byol_er"] - knn["byol"]
-assert np.argmax(gaps) == len(BATCH_SIZES) - 1, gaps  # the BYOL-ER gap is largest at the largest batch
-sd_max = max((float(np.max(v["sds"][m])), m) for v in batch_views.values() for m in v["sds"])
-assert sd_max[1] in ("swav", "swav_er"), sd_max  # the widest seed spread
-assert max(rank_b[(m, b)].mean for m in ("dino", "dino_er") for b in BATCH_SIZES) < 1.5
-
-# the fixed-steps protocol: batch 64 is the same computation as in the fixed-epoch one, run by run
-assert fixed_steps == steps_at[middle] and sum(same) == len(same) == 3 * len(FAMILIES) * 2
-for metric, view in steps_views.items():
-    assert view["verdicts"]["simclr"] == "not reproduced", (metric, view["verdicts"])
-    assert view["drops"]["simclr_er"].mean > view["drops"]["simclr"].mean > -1.0, metric
-    assert "SimCLR-ER" in who_degrades(view, er=True), metric
-    # DeepCluster: the original degrades, ER's advantage positive but not counting; ER below it everywhere
-    assert view["original_degrades"]["deepcluster"] and view["verdicts"]["deepcluster"] == "inconclusive"
-    assert view["advantages"]["deepcluster"].mean > 0, metric
-    assert np.all(view["means"]["deepcluster_er"] < view["means"]["deepcluster"]), metric
-    assert view["verdicts"]["byol"] in ("inconclusive", "no degradation"), metric
-    assert view["verdicts"]["swav"] in ("inconclusive", "no degradation"), metric
-    assert view["verdicts"]["dino"] == "both collapsed", metric
-    # "not reproduced at this scale under either protocol": BYOL and DINO do not degrade
-    for v in (view, batch_views[metric]):
-        assert not v["original_degrades"]["byol"] and not v["original_degrades"]["dino"], metric
-    assert view["pooled_verdict"] == "inconclusive", metric
-assert steps_views["linear_top1"]["verdicts"]["swav"] == "no degradation"
-tested = {m: {f for f, v in view["verdicts"].items() if v in ("reproduced", "not reproduced", "inconclusive")}
-          for m, view in steps_views.items()}
-assert tested == {"linear_top1": {"simclr", "deepcluster"}, "knn_top1": {"simclr", "deepcluster", "byol"}}, tested
-assert steps_views["knn_top1"]["verdicts"]["byol"] == "inconclusive"
-
-for metric, view in ema_views.items():
-    assert view["verdicts"]["byol"] == "no degradation", (metric, view["verdicts"])
-    assert view["verdicts"]["dino"] == "both collapsed", (metric, view["verdicts"])
-    assert view["status"]["byol"] == ["not collapsed"] * len(EMAS)
-    for m in ("dino", "dino_er"):
-        assert view["status"][m] == ["collapsed"] * len(EMAS), (m, view["status"][m])
-    assert np.all(view["means"]["byol_er"] > view["means"]["byol"]), metric
-    assert np.all(view["gap"]["byol_er"] > view["gap"]["byol"])
-    assert np.all(view["rank"]["byol_er"] > view["rank"]["byol"])
-    assert view["gap"]["byol_er"][0] > math.log(scale["ema_batch_size"]) - 0.5
-
-abl, abl_lin = ablation_views["knn_top1"], ablation_views["linear_top1"]
-assert abl["collapse_verdict"] == "reproduced"
-assert abl["status"]["simclr", "reconstruction"] == "collapsed"
-assert abl["status"]["simclr", "both"] == "not collapsed"
-assert abl["status"]["byol", "reconstruction"] == "not collapsed"
-# reconstruction alone: both probes below the untrained backbone
-assert abl["means"]["simclr", "reconstruction"] < floor["knn_top1"].mean
-assert abl_lin["means"]["simclr", "reconstruction"] < floor["linear_top1"].mean
-for term in TERMS:
-    assert abl["status"]["dino", term] == "collapsed", term
-# entropy alone: SimCLR-ER and BYOL-ER are the same computation, run by run
-step = resolution(ablation_record)
-for m in METRICS:
-    a, b = final_by_seed("simclr_er", "entropy", m), final_by_seed("byol_er", "entropy", m)
-    assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < step / 2 for k in a), (a, b)
-log_k = math.log(scale["batch_size"])
-assert abl["gap"]["simclr", "entropy"] > log_k - 0.1            # "to the ceiling"
-assert abl["gap"]["simclr", "both"] < log_k / 2                 # "much lower ... most of the entropy"
-assert abl_lin["both_beats_verdict"]["simclr", "entropy"] == "reproduced"
-assert abl_lin["both_beats"]["simclr", "entropy"].mean > 0
-# the live families: none of the both-vs-alone comparisons goes the other way, and BYOL-ER's
-# entropy with both terms is at the ceiling like with the entropy alone
-for v in ablation_views.values():
-    assert all(v["status"][fam, "both"] == "not collapsed" for fam in LIVE)
-    assert all(v["both_beats_verdict"][fam, t] in ("reproduced", "inconclusive") for fam in LIVE for t in TERMS[1:])
-assert abs(abl["gap"]["byol", "both"] - abl["gap"]["byol", "entropy"]) < 0.1
-# DINO-ER's discrete entropy term near log K while its projections are collapsed
-dino_h = np.mean([tail_mean(r, "loss_entropy") for r in ablation_record["metrics"]["runs"]
-                  if r["method"] == "dino_er" and r["labels"]["er_terms"] == "entropy"])
-assert dino_h > math.log(dino_k) - 0.2 and abl["rank"]["dino", "entropy"] < 1.5, dino_h
+    assert "--smoke" not in prov["command"] and record["config"]["scale"]["steps"] is None, \\
+        f"{name_}.json is a smoke record"
+    assert len({r["seed"] for r in record["metrics"]["runs"]}) == 5, name_
+    assert all("resolved" in r["config"] for r in record["metrics"]["runs"]), name_
 """,
 }
 
@@ -307,16 +274,59 @@ def test_chapter_cells_run(executed):
 
 
 @pytest.mark.parametrize("name", list(CHECKS))
-def test_callback_checks(executed, name):
+def test_checks(executed, name):
     errors = check_errors(executed, name)
     assert not errors, errors[0]
 
 
-def test_every_glue_reference_resolves(executed):
-    """Every {glue:text} / {glue:figure} key of the prose is glued, and its format applies (what
-    `make book` would warn about, checked without Sphinx)."""
-    import re
+def _markdown_output(nb: nbformat.NotebookNode, marker: str) -> str:
+    """The displayed markdown of the one chapter cell whose source contains ``marker``."""
+    cells = [c for c in nb.cells if c.cell_type == "code" and marker in c.source
+             and not any(t.startswith("check:") for t in c.metadata.get("tags", []))]
+    assert len(cells) == 1, marker
+    texts = [o["data"]["text/markdown"] for o in cells[0].outputs if "text/markdown" in o.get("data", {})]
+    assert len(texts) == 1, marker
+    return texts[0]
 
+
+def test_summary_matches_sections(executed):
+    """The closing summary lists every claim once, with the verdict glued in its section and shown in the
+    section's table; the counts in the closing prose add up."""
+    glued = glued_values(executed)
+    verdicts = {k.removeprefix("v_"): v for k, v in glued.items() if k.startswith("v_")}
+    assert len(verdicts) == 20, sorted(verdicts)
+    summary = _markdown_output(executed, "display(Markdown(SUMMARY))")
+    listed = re.findall(r"^- (.+?): \*\*(.+?)\*\* \(", summary, flags=re.M)
+    assert len(listed) == len(verdicts), listed
+    assert sorted(v for _, v in listed) == sorted(verdicts.values())
+    # the sections' tables: batch and EMA rows (family, verdict in bold), the ablation table (claim, verdict)
+    batch = _markdown_output(executed, 'robustness_table(batch_views')
+    for regime in ("linear", "sqrt"):
+        for fam, label in (("simclr", "SimCLR"), ("byol", "BYOL"), ("dino", "DINO"), ("swav", "SwAV"),
+                           ("deepcluster", "DeepCluster")):
+            row = re.search(rf"^\| {regime} \| {label} \|.*$", batch, flags=re.M).group(0)
+            assert f"**{verdicts[f'batch_{regime}_{fam}']}**" in row, (regime, fam, row)
+            claim = [c for c, v in listed if c.startswith(f"{label}-ER degrades less") and f"({regime} " in c]
+            assert [v for c, v in listed if c == claim[0]] == [verdicts[f"batch_{regime}_{fam}"]], claim
+    ema = _markdown_output(executed, "robustness_table(ema_views")
+    for s, lam in (("0", "0"), ("09", "0.9")):
+        for fam, label in (("byol", "BYOL"), ("dino", "DINO")):
+            row = re.search(rf"^\| 0.99 → {re.escape(lam)} \| {label} \|.*$", ema, flags=re.M).group(0)
+            assert f"**{verdicts[f'ema_{s}_{fam}']}**" in row, (lam, fam, row)
+            mine = [v for c, v in listed if c == f"{label}-ER degrades less than {label} from EMA 0.99 to {lam}"]
+            assert mine == [verdicts[f"ema_{s}_{fam}"]], (lam, fam, mine)
+    abl = _markdown_output(executed, "| claim | measured |")
+    for claim, verdict in re.findall(r"^\| (.+?) \| .*\*\*(.+?)\*\* \|$", abl, flags=re.M):
+        assert (claim, verdict) in listed, (claim, verdict)
+    n = {k: glued[k] for k in ("n_claims", "n_reproduced", "n_not_reproduced", "n_inconclusive", "n_not_testable")}
+    assert n["n_claims"] == len(verdicts) == sum(v for k, v in n.items() if k != "n_claims"), n
+    assert n["n_reproduced"] == sum(v == "reproduced" for v in verdicts.values())
+    assert n["n_not_testable"] == sum(v.startswith("not testable") for v in verdicts.values())
+
+
+def test_every_glue_reference_resolves(executed):
+    """Every {glue:text} / {glue:figure} key of the prose is glued once, and its format applies (what
+    `make book` would warn about, checked without Sphinx)."""
     from myst_nb.core.variables import format_plain_text
 
     glued, twice = {}, set()
@@ -341,3 +351,9 @@ def test_every_glue_reference_resolves(executed):
         format_plain_text(plain, fmt or "s")  # raises if the format does not apply
     for key in figures:
         assert "application/papermill.record/image/png" in glued.get(key, {}), key
+
+
+def test_no_batch_steps_left():
+    """The fixed-epoch protocol and its companion file are gone from the page."""
+    text = CHAPTER.read_text(encoding="utf-8")
+    assert "batch_steps.json" not in text and "bsteps" not in text
