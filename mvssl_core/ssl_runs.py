@@ -106,9 +106,10 @@ class Scale:
     batch_sizes: tuple[int, ...] = (16, 64)
     batch_steps: int = 500            # batch runs: optimizer steps at every batch size (22 epochs at 64)
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    batch_seeds: tuple[int, ...] = (0, 1, 2)  # batch runs: 3 seeds (150 runs; 5 seeds would not fit the rerun budget)
     dynamics_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     prototypes: tuple[int, ...] = (8, 64, 512)
-    emas: tuple[float, ...] = (0.0, 0.9, 0.99)
+    emas: tuple[float, ...] = (0.0, 0.99)
     points: int = 60                  # logged points per run (about)
     steps: int | None = None          # smoke: a fixed, tiny number of steps per run
     max_runs: int | None = None       # smoke: the first runs of each experiment only
@@ -116,7 +117,7 @@ class Scale:
     @staticmethod
     def smoke(data: str = "digits", data_root: str = "data") -> "Scale":
         return Scale(data=data, data_root=data_root, size=8, widths=(4, 8), batch_size=16, ema_batch_size=16,
-                     batch_sizes=(16, 32), batch_steps=3, seeds=(0,), dynamics_seeds=(0,), prototypes=(4, 8), emas=(0.0, 0.9),
+                     batch_sizes=(16, 32), batch_steps=3, seeds=(0,), batch_seeds=(0,), dynamics_seeds=(0,), prototypes=(4, 8), emas=(0.0, 0.9),
                      points=3, steps=3, max_runs=3)
 
 
@@ -204,7 +205,7 @@ def batch(s: Scale) -> list[Run]:
                 for regime in (("linear", "sqrt") if b != largest else ("both",)):
                     ratio = b / largest
                     factor = largest / 256 * (math.sqrt(ratio) if regime == "sqrt" else ratio)
-                    for seed in s.seeds:
+                    for seed in s.batch_seeds:
                         runs.append(Run(f"{m}/b={b}/{regime}/s{seed}", fam, m, "ER" if er else "original", seed, b,
                                         s.epochs, _hyper(fam), {"batch_size": b, "regime": regime},
                                         steps=s.batch_steps, optim={"lr": base * factor, "scale_lr": False}))

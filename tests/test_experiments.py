@@ -197,7 +197,7 @@ def test_batch_runs_take_the_same_steps_in_two_learning_rate_regimes():
         assert (run.labels["regime"] == "both") == (run.batch_size == largest)
         warmup = {**ssl_runs.SHARED_OPTIM, **ssl_runs.RECIPES[run.family]["optim"]}["warmup"]
         assert cfg.optim.warmup_epochs * (n_train // run.batch_size) == pytest.approx(warmup * s.batch_steps)
-    per_family = len(s.seeds) * (2 * (len(s.batch_sizes) - 1) + 1)
+    per_family = len(s.batch_seeds) * (2 * (len(s.batch_sizes) - 1) + 1)
     assert len(runs) == 2 * len(ssl_runs.FAMILIES) * per_family
     assert len({r.name for r in runs}) == len(runs)
 
