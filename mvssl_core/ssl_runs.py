@@ -106,7 +106,7 @@ class Scale:
     batch_sizes: tuple[int, ...] = (16, 64)
     batch_steps: int = 500            # batch runs: optimizer steps at every batch size (22 epochs at 64)
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    batch_seeds: tuple[int, ...] = (0, 1, 2)  # batch runs: 3 seeds (150 runs; 5 seeds would not fit the rerun budget)
+    batch_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # batch runs: 150 (10 methods x 3 settings x 5 seeds)
     dynamics_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     prototypes: tuple[int, ...] = (8, 64, 512)
     emas: tuple[float, ...] = (0.0, 0.99)
