@@ -119,22 +119,39 @@ def trivial_loss(method: str, batch_size: int, resolved: dict) -> float | None:
 
     swav, dino, deepcluster: log K (uniform predictions; K = ``resolved["n_prototypes"]``, or
     ``resolved["head_out"]`` for dino). simclr: log(2N - 1), N = ``batch_size`` (collapsed
-    embeddings). swav_er, dino_er, deepcluster_er: 0 (uniform assignments: H = log K, Rec = -log K).
-    byol, byol_er, simclr_er: None (BYOL's loss is 0 at collapse).
+    embeddings). swav_er, dino_er, deepcluster_er: 0 with both terms (uniform assignments: H = log K,
+    Rec = -log K); log K with the reconstruction alone (``resolved["er_terms"]``: the loss is the
+    cross-entropy, log K for uniform predictions); None with the entropy alone (uniform assignments are
+    that objective's optimum, not a trivial solution). byol, byol_er, simclr_er: None (BYOL's loss is 0 at
+    collapse).
     """
     if method in _NO_TRIVIAL:
         return None
     if method == "simclr":
         return math.log(2 * _checks.positive_int(batch_size, "batch_size") - 1)
-    if method in ("swav_er", "dino_er", "deepcluster_er"):
-        return 0.0
-    if method not in _CLUSTER_KEYS:
+    base = method.removesuffix("_er")
+    if base not in _CLUSTER_KEYS or (method != base and method not in _TRIVIAL_NAMES):
         raise ValueError(f"method must be one of {sorted([*_TRIVIAL_NAMES, *_NO_TRIVIAL])}, got {method!r}")
-    key = _CLUSTER_KEYS[method]
+    if method != base:
+        terms = resolved.get("er_terms", "both")
+        if terms == "both":
+            return 0.0
+        if terms == "entropy":
+            return None
+        if terms != "reconstruction":
+            raise ResultsError(f"field 'config.resolved.er_terms' must be both, entropy or reconstruction, "
+                               f"got {terms!r}")
+    key = _CLUSTER_KEYS[base]
     if key not in resolved:
         raise ResultsError(f"field 'config.resolved.{key}' is missing (K of the trivial {method} loss)")
     ks = resolved[key] if isinstance(resolved[key], (list, tuple)) else [resolved[key]]
     return float(np.mean([math.log(_checks.positive_int(k, key)) for k in ks]))  # DeepCluster: mean over heads
+
+
+def _trivial_name(method: str, resolved: dict) -> str:
+    if method.endswith("_er") and resolved.get("er_terms", "both") == "reconstruction":
+        return "log K (the cross-entropy of uniform predictions)"
+    return _TRIVIAL_NAMES[method]
 
 
 @dataclass(frozen=True)
@@ -197,7 +214,8 @@ def health(run: dict, random_init: list[dict], *, min_rank: float = 2.0, loss_ma
     if not margin >= needed:
         failures.append(f"entropy {margin:.2f} nats above the floor < {needed:.2f} needed")
     if trivial is not None and not loss < trivial - loss_margin:
-        failures.append(f"loss {loss:.4f} not below its trivial value {_TRIVIAL_NAMES[run['method']]} = "
+        name = _trivial_name(run["method"], run["config"]["resolved"])
+        failures.append(f"loss {loss:.4f} not below its trivial value {name} = "
                         f"{trivial:.4f} - {loss_margin:g}")
     if not knn > knn0:
         failures.append(f"kNN {100 * knn:.1f}% not above the untrained backbone's {100 * knn0:.1f}%")

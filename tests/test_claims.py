@@ -148,6 +148,23 @@ def test_trivial_discrete_er_loss_is_zero(method):
     assert float(-bound.bound) == pytest.approx(claims.trivial_loss(method, 8, {}), abs=1e-12)
 
 
+@pytest.mark.parametrize("method,key", [("swav_er", "n_prototypes"), ("dino_er", "head_out"),
+                                        ("deepcluster_er", "n_prototypes")])
+def test_trivial_loss_of_one_term_alone(method, key):
+    """Reconstruction alone: the loss is the cross-entropy, log K for uniform assignments (measured here on
+    the discrete bound); entropy alone: uniform assignments are its optimum, so no trivial value."""
+    flat = torch.zeros(8, 30, dtype=torch.float64)
+    bound = er_bound_discrete(flat, flat)
+    resolved = {key: 30, "er_terms": "reconstruction"}
+    assert float(-bound.reconstruction) == pytest.approx(claims.trivial_loss(method, 8, resolved), abs=1e-12)
+    assert claims.trivial_loss(method, 8, {key: 30, "er_terms": "entropy"}) is None
+    assert claims.trivial_loss(method, 8, {key: 30, "er_terms": "both"}) == 0.0
+    with pytest.raises(ResultsError, match="er_terms"):
+        claims.trivial_loss(method, 8, {key: 30, "er_terms": "neither"})
+    with pytest.raises(ResultsError, match=key):
+        claims.trivial_loss(method, 8, {"er_terms": "reconstruction"})
+
+
 def test_no_trivial_loss_where_collapse_is_free():
     z = torch.randn(4, 8)
     assert float(byol_loss(z, z)) == pytest.approx(0.0, abs=1e-6)  # collapse costs BYOL nothing

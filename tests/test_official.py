@@ -133,4 +133,6 @@ def test_reproduces_the_official_readme_value_at_d_1000():
         official = float(official_entropy(z, 10.0, reduction))
         assert abs(official - (-249.31)) < 0.05
         ours = float(kde_entropy(z, kappa=10.0, estimator=ESTIMATOR[reduction]))
-        assert abs(ours - (official - shift)) < 1e-3  # float32 sums of ~1e3-nat terms
+        # float32 values of ~2e3 nats: one ulp is 1.2e-4 nats, and the BLAS's summation order moves the
+        # result by about 1e-3 between torch builds; a relative 2e-6 (4e-3 nats) is far below any defect
+        assert abs(ours - (official - shift)) < 2e-6 * abs(official - shift)
