@@ -10,7 +10,9 @@ Run through its entry point, ``scripts/experiments/ssl_runs.py`` (the command re
 Experiments (one file each, ``results/ssl/<name>.json``), the functions of :data:`EXPERIMENTS`, each
 described by its docstring: :func:`dynamics` (BYOL and DINO ablations), :func:`clustering` (SwAV and
 DeepCluster against K), :func:`ablation` (ER with one term only), :func:`ema` (constant EMA
-coefficients) and :func:`batch` (batch sizes at a fixed number of steps).
+coefficients), :func:`batch` (batch sizes at a fixed number of steps), :func:`choices` (SimCLR-ER's
+concentration and entropy estimator) and :func:`shapes` (InfoNCE against ER on a second data set,
+generated shapes, whatever ``--data`` says).
 
 Every run goes through :func:`mvssl_core.train.train` (the trainer of ``pretrain.sh``) in a temporary
 folder; the record keeps, per run, the logged metrics (every ``log_every`` steps), the final kNN and
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as futures
 import copy
+import dataclasses
 import functools
 import math
 import multiprocessing
@@ -39,7 +42,8 @@ from mvssl_core.config import BATCHED_VIEWS
 from mvssl_core.results import SCHEMA, provenance, repository_root, write_results
 
 __all__ = ["RECIPES", "HEADS", "SHARED_OPTIM", "FAMILIES", "Scale", "Run", "EXPERIMENTS", "dynamics", "clustering",
-           "batch", "ema", "ablation", "run_config", "run_experiment", "parse_args", "main"]
+           "batch", "ema", "ablation", "choices", "shapes", "scale_for", "run_config", "run_experiment",
+           "parse_args", "main"]
 
 DEFAULT_OUT_DIR = repository_root(Path(__file__).parent) / "results" / "ssl"  # the checkout's results/ssl
 FAMILIES = ("simclr", "byol", "dino", "swav", "deepcluster")
@@ -110,6 +114,8 @@ class Scale:
     dynamics_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     prototypes: tuple[int, ...] = (8, 64, 512)
     emas: tuple[float, ...] = (0.0, 0.99)
+    kappas: tuple[float, ...] = (2.0, 10.0, 50.0)  # choices: SimCLR-ER's training concentration
+    shapes_n: int = 2000              # shapes: generated images per split (6 classes)
     points: int = 60                  # logged points per run (about)
     steps: int | None = None          # smoke: a fixed, tiny number of steps per run
     max_runs: int | None = None       # smoke: the first runs of each experiment only
@@ -118,7 +124,7 @@ class Scale:
     def smoke(data: str = "digits", data_root: str = "data") -> "Scale":
         return Scale(data=data, data_root=data_root, size=8, widths=(4, 8), batch_size=16, ema_batch_size=16,
                      batch_sizes=(16, 32), batch_steps=3, seeds=(0,), batch_seeds=(0,), dynamics_seeds=(0,), prototypes=(4, 8), emas=(0.0, 0.9),
-                     points=3, steps=3, max_runs=3)
+                     kappas=(2.0, 10.0), shapes_n=48, points=3, steps=3, max_runs=3)
 
 
 @dataclass
@@ -230,22 +236,64 @@ def ablation(s: Scale) -> list[Run]:
             for seed in s.seeds]
 
 
+def choices(s: Scale) -> list[Run]:
+    """SimCLR-ER with the choices the paper leaves open: the vMF concentration kappa of both terms of the
+    loss (2, 10 = the official code's default, 50) with Joe's estimator, and the plug-in estimator (the
+    official code's default) at kappa 10. The logged entropy and reconstruction use kappa 10 in every run,
+    so the curves are comparable."""
+    runs = [Run(f"simclr_er/kappa={kappa:g}/s{seed}", "simclr", "simclr_er", f"kappa={kappa:g}", seed,
+                s.batch_size, s.epochs, _hyper("simclr", kappa=kappa), {"kappa": kappa, "estimator": "joe"})
+            for kappa in s.kappas for seed in s.seeds]
+    runs += [Run(f"simclr_er/plugin/s{seed}", "simclr", "simclr_er", "plug-in", seed, s.batch_size, s.epochs,
+                 _hyper("simclr", estimator="plugin"), {"kappa": 10.0, "estimator": "plugin"})
+             for seed in s.seeds]
+    return runs
+
+
+def shapes(s: Scale) -> list[Run]:
+    """SimCLR (InfoNCE) against SimCLR-ER on a second data set: generated shapes (mvssl_core.data.Shapes,
+    6 classes on textured backgrounds, ``shapes_n`` images per split), the same recipe as on digits."""
+    return [Run(f"{m}/s{seed}", "simclr", m, "ER" if m.endswith("_er") else "original", seed, s.batch_size,
+                s.epochs, _hyper("simclr"), {}) for m in ("simclr", "simclr_er") for seed in s.seeds]
+
+
 # name -> the runs of that experiment at a scale; each function's docstring says what it runs
-EXPERIMENTS = {"dynamics": dynamics, "clustering": clustering, "ablation": ablation, "ema": ema, "batch": batch}
-DATASET_NOTE = {"digits": "scikit-learn digits (1,797 8x8 images, 10 classes), 80/20 split, rendered at {size} px"}
+EXPERIMENTS = {"dynamics": dynamics, "clustering": clustering, "ablation": ablation, "ema": ema, "batch": batch,
+               "choices": choices, "shapes": shapes}
+EXPERIMENT_DATA = {"shapes": "shapes"}  # experiments on their own data set, whatever --data says
+DATASET_NOTE = {"digits": "scikit-learn digits (1,797 8x8 images, 10 classes), 80/20 split, rendered at {size} px",
+                "shapes": "generated shapes (mvssl_core.data.Shapes: 6 classes, {n} images per split), "
+                          "rendered at {size} px"}
+
+
+def scale_for(name: str, s: Scale) -> Scale:
+    """The scale of experiment ``name``: ``s``, on the experiment's own data set where it has one."""
+    data = EXPERIMENT_DATA.get(name)
+    return s if data is None or data == s.data else dataclasses.replace(s, data=data, flip=0.0)
+
+
+def _data(s: Scale) -> dict:
+    """The ``data`` section of a run's configuration at scale ``s`` (views and augmentations included)."""
+    data = {"name": s.data, "root": s.data_root, "size": s.size, "views": "simclr",
+            "view_kwargs": {"strength": 0.5, "scale": [0.2, 1.0], "flip": s.flip},
+            "gpu_pipeline": s.data in BATCHED_VIEWS}
+    if s.data == "shapes":
+        data["n"] = s.shapes_n
+    return data
 
 
 @functools.lru_cache(maxsize=None)
-def _n_train(data: str, root: str, size: int) -> int:
+def _n_train(data: str, root: str, size: int, n: int | None = None) -> int:
     from mvssl_core.config import RunConfig, from_dict
     from mvssl_core.train import build_train_set
 
-    return len(build_train_set(from_dict(RunConfig, {"data": {"name": data, "root": root, "size": size}})))
+    return len(build_train_set(from_dict(RunConfig, {"data": {"name": data, "root": root, "size": size, "n": n}})))
 
 
 def run_config(run: Run, s: Scale) -> dict:
     """The trainer's configuration of one run (a dict of :class:`mvssl_core.config.RunConfig`)."""
-    steps_per_epoch = _n_train(s.data, s.data_root, s.size) // run.batch_size
+    data = _data(s)
+    steps_per_epoch = _n_train(s.data, s.data_root, s.size, data.get("n")) // run.batch_size
     steps = s.steps if s.steps is not None else run.steps  # smoke runs: s.steps for every run
     total = steps if steps is not None else run.epochs * steps_per_epoch
     optim = {**SHARED_OPTIM, **RECIPES[run.family]["optim"], **run.optim}
@@ -254,9 +302,7 @@ def run_config(run: Run, s: Scale) -> dict:
     return {
         "method": run.method,
         "hyper": _resolve_hyper(run.hyper, run.batch_size, total, steps_per_epoch),
-        "data": {"name": s.data, "root": s.data_root, "size": s.size, "views": "simclr",
-                 "view_kwargs": {"strength": 0.5, "scale": [0.2, 1.0], "flip": s.flip},
-                 "gpu_pipeline": s.data in BATCHED_VIEWS},
+        "data": data,
         "model": {"backbone": "convnet", "kwargs": {"widths": list(s.widths)}},
         "optim": optim,
         "batch_size": run.batch_size,
@@ -320,6 +366,7 @@ def run_experiment(name: str, s: Scale, jobs: int, out: Path, prov: dict) -> dic
     ``prov`` is the provenance taken when the command started (:func:`mvssl_core.results.provenance`):
     taken later, the results files this command had already written would make the checkout look dirty.
     """
+    s = scale_for(name, s)
     runs = EXPERIMENTS[name](s)[: s.max_runs]
     seeds = sorted({r.seed for r in runs})
     t0 = time.perf_counter()
@@ -334,7 +381,7 @@ def run_experiment(name: str, s: Scale, jobs: int, out: Path, prov: dict) -> dic
             print(f"[{name} {i + 1}/{len(runs)}] {e['name']}: knn {e['final'].get('knn_top1', float('nan')):.3f} "
                   f"linear {e['final'].get('linear_top1', float('nan')):.3f} ({e['seconds']:.0f} s)", flush=True)
         random_init = [f.result() for f in baselines]
-    note = DATASET_NOTE.get(s.data, "{size} px").format(size=s.size)
+    note = DATASET_NOTE.get(s.data, "{size} px").format(size=s.size, n=s.shapes_n)
     record = {
         "schema": SCHEMA,
         "method": f"ssl_runs experiment '{name}'",

@@ -141,19 +141,21 @@ def test_ssl_runs_smoke_writes_one_valid_file_per_experiment(ssl_smoke_dir):
     from mvssl_core.experiments import load_experiment
 
     assert sorted(p.stem for p in ssl_smoke_dir.glob("*.json")) == sorted(ssl_runs.EXPERIMENTS)
-    smoke_scale = ssl_runs._scale_dict(ssl_runs.Scale.smoke())
     for name, make_runs in ssl_runs.EXPERIMENTS.items():
+        scale = ssl_runs.scale_for(name, ssl_runs.Scale.smoke())  # its own data set where it has one
+        smoke_scale = ssl_runs._scale_dict(scale)
         record = load_experiment(ssl_smoke_dir / f"{name}.json")  # validates every run
         cfg = record["config"]
         assert cfg["experiment"] == name and cfg["jobs"] == 1
         assert cfg["scale"] == smoke_scale  # the smoke scale, not the full one
         assert "ssl_runs.py --smoke --jobs 1" in record["provenance"]["command"]
         runs = record["metrics"]["runs"]
-        expected = make_runs(ssl_runs.Scale.smoke())[: smoke_scale["max_runs"]]
+        expected = make_runs(scale)[: smoke_scale["max_runs"]]
         assert [r["name"] for r in runs] == [r.name for r in expected]
         for run in runs:
             assert run["steps"] == smoke_scale["steps"]
             assert run["config"]["model"]["kwargs"]["widths"] == smoke_scale["widths"]
+            assert run["config"]["data"]["name"] == scale.data
             for key in ("knn_top1", "linear_top1"):
                 assert 0.0 <= run["final"][key] <= 1.0, (name, run["name"], key)
         seeds = sorted({r["seed"] for r in runs})

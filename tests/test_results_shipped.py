@@ -68,7 +68,7 @@ def test_every_experiment_has_a_full_scale_shipped_file(name: str):
     assert path.is_file(), f"missing {path.relative_to(ROOT)}: run python scripts/experiments/ssl_runs.py {name}"
     record = load_experiment(path)
     assert record["config"]["experiment"] == name
-    full = ssl_runs.Scale()
+    full = ssl_runs.scale_for(name, ssl_runs.Scale())
     # The file's scale must give this experiment the same runs, with the same trainer configurations, as
     # the full scale does now; a field that only other experiments read (the EMA values, say, for the
     # dynamics file) may have changed since the file was made.
@@ -95,7 +95,7 @@ def test_every_shipped_run_has_the_configuration_the_script_gives_now(name: str)
 
     from mvssl_core.config import RunConfig, from_dict
 
-    full = ssl_runs.Scale()
+    full = ssl_runs.scale_for(name, ssl_runs.Scale())
     record = load_experiment(RESULTS / "ssl" / f"{name}.json")
     for run, stored in zip(ssl_runs.EXPERIMENTS[name](full), record["metrics"]["runs"], strict=True):
         values = ssl_runs.run_config(run, full)

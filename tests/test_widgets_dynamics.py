@@ -133,6 +133,34 @@ for key, c in CLAIMS.items():
     else:
         assert all(p["verdict"] != claims.NOT_TESTABLE for p in c["parts"]), key
 """,
+    # The prose states these readings of the data; keep them true (a rerun that changes one fails here).
+    "prose_readings": """
+import numpy as np
+
+assert TRAINS == {"byol": True, "dino": True}
+# the failing runs are those of three ablations, and nothing else
+assert {h.name.rsplit("/", 1)[0] for h in HEALTH.values() if not h.trains} == \
+    {"byol/no predictor", "byol/no predictor, no EMA", "dino/no EMA"}
+assert ACCURACY["BYOL: published"]["knn"].low < 0 < ACCURACY["BYOL: published"]["knn"].diff  # "reaches below zero"
+assert ACCURACY["DINO: published"]["knn"].low > 0                                            # "is clear"
+# BYOL without predictor: fails by the entropy only (dimensional collapse); without both, below untrained
+assert all(fail.startswith("entropy") for h in health_of("BYOL: no predictor") for fail in h.failures)
+assert ACCURACY["BYOL: no predictor, no EMA"]["knn"].high < 0
+# DINO without EMA: loss above log K in most seeds, no collapse of the assignment entropy
+dino_no_ema = health_of("DINO: no EMA")
+assert sum(h.loss > h.trivial_loss for h in dino_no_ema) > len(dino_no_ema) / 2
+no_ema = runs_of("DINO: no EMA")
+assert np.mean([-end(r, "discrete_reconstruction") for r in no_ema]) > \
+    max(LOG_K, np.mean([-first(r, "discrete_reconstruction") for r in no_ema]))
+assert all(end(r, "discrete_entropy") > DISCRETE_NEEDED for r in no_ema)
+# without centring: far lower than published, but above the collapse band in every seed
+assert all(end(r, "discrete_entropy") > DISCRETE_NEEDED for r in runs_of("DINO: no centring"))
+# the summary's words
+assert CLAIMS["byol_rec"]["verdict"] == CLAIMS["dino_rec"]["verdict"] == claims.REPRODUCED
+assert "reproduced" in CLAIMS["dino_centring"]["verdict"]
+assert CLAIMS["byol_ema"]["verdict"] == CLAIMS["byol_ema_alone"]["verdict"] == CLAIMS["dino_ema"]["verdict"] \
+    == claims.NOT_REPRODUCED
+""",
     "summary_is_sections": """
 # every verdict glued by a section is the one in CLAIMS, and the summary says the same, in order
 lines = SUMMARY.splitlines()
