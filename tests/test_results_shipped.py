@@ -142,6 +142,14 @@ PUBLISHED = {
     "dynamics": lambda run: run["variant"] == "published",
     "batch": lambda run: run["batch_size"] == 64,
     "ablation": lambda run: run["labels"]["er_terms"] == "both",
+    "clustering": lambda run: run["labels"]["K"] == ssl_runs.RECIPES[run["family"]]["hyper"]["prototypes"]["n_prototypes"],
+}
+# Recipes that do not train in every seed at this scale (measured; the chapters report every claim that
+# needs them as "not testable: the method did not train"). Listed so that the test fails both when another
+# method stops training and when one of these starts to (then it leaves this list and its claims get tested).
+DOES_NOT_TRAIN_IN_EVERY_SEED = {
+    "batch": {"swav", "swav_er", "deepcluster_er"},  # SwAV 3/5, SwAV-ER 4/5, DeepCluster-ER 1/5 at batch 64
+    "clustering": {"swav"},  # SwAV at its recipe's K = 64: 3/5 (K = 512: 5/5)
 }
 
 
@@ -154,8 +162,11 @@ def test_every_published_recipe_passes_the_health_check_in_every_seed(name: str)
     assert runs, f"{name}.json has no run of the published recipe"
     methods = {run["method"] for run in runs}
     assert len({run["seed"] for run in runs}) >= 5
-    failing = [f"{h.name}: {'; '.join(h.failures)}" for h in
-               (health(run, record["metrics"]["random_init"]) for run in runs) if not h.trains]
+    checks = [(run["method"], health(run, record["metrics"]["random_init"])) for run in runs]
+    failing_methods = {method for method, h in checks if not h.trains}
+    failing = [f"{h.name}: {'; '.join(h.failures)}" for method, h in checks
+               if not h.trains and method not in DOES_NOT_TRAIN_IN_EVERY_SEED.get(name, set())]
     assert not failing, f"{name}.json: runs of the published recipe that did not train: {failing}"
+    assert failing_methods == DOES_NOT_TRAIN_IN_EVERY_SEED.get(name, set()), failing_methods
     if name == "batch":
         assert methods == {f"{f}{s}" for f in ssl_runs.FAMILIES for s in ("", "_er")}

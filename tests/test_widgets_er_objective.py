@@ -99,7 +99,8 @@ assert len(BATCH_SIZES) == 2, BATCH_SIZES
 steps = {r["steps"] for r in RAW["batch"]["metrics"]["runs"]}
 assert steps == {RAW["batch"]["config"]["scale"]["batch_steps"]}, steps
 n_train = RAW["batch"]["metrics"]["random_init"][0]["n_train"]
-assert steps.pop() * LARGE_B / n_train > 2 * RAW["ema"]["config"]["scale"]["epochs"]  # "several times the epochs"
+other = max(r["steps"] for name_ in ("ema", "ablation") for r in RAW[name_]["metrics"]["runs"])
+assert other == OTHER_STEPS and steps.pop() > OTHER_STEPS, (other, OTHER_STEPS)  # "more updates than"
 for fam in FAMS:
     for m in (fam, fam + "_er"):
         big = {r["config"]["optim"]["lr"] for r in raw_runs("batch", m, batch_size=LARGE_B, regime="both")}
