@@ -279,7 +279,7 @@ def _data(s: Scale) -> dict:
             "gpu_pipeline": s.data in BATCHED_VIEWS}
     if s.data == "shapes":
         data["n"] = s.shapes_n
-        # A shape covers 4-50% of the image (half-extent 20-40% of the side): a crop of 20% of the area
+        # A shape's half-extent is 20-40% of the image side (mvssl_core.data.Shapes): a crop of 20% of the area
         # often leaves it out of one view, and the pair then agrees on colour and background only. At
         # [0.2, 1] neither SimCLR nor SimCLR-ER moved kNN accuracy off the untrained backbone's (22% vs 21%,
         # 5 seeds; also at 32 px and at colour strength 1.0, one seed each); at [0.6, 1], SimCLR seed 0

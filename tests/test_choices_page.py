@@ -120,6 +120,13 @@ def test_shapes_runs_are_on_shapes_and_the_health_table_counts_them(executed, gl
     failing += [r["name"] for r in record["metrics"]["runs"]
                 if not claims.health(r, record["metrics"]["random_init"]).trains]
     assert glued["n_failing"] == len(failing)
+    trained = {m: sum(claims.health(r, record["metrics"]["random_init"]).trains for r in runs if r["method"] == m)
+               for m in ("simclr", "simclr_er")}
+    note = glued["shapes_note"]
+    assert f"SimCLR trained in {trained['simclr']} of 5 seeds" in note
+    assert f"SimCLR-ER trained in {trained['simclr_er']} of 5 seeds" in note
+    if trained["simclr"] == 5 and trained["simclr_er"] < 5:
+        assert "SimCLR-ER does not learn the shape" in note
     for name in failing:
         assert f"- `{name}`:" in text
 
