@@ -193,3 +193,11 @@ def test_no_traceback_and_screenshot_saved(rendered, entry):
     assert 'class="output traceback"' not in page.static_html, f"{entry}: a cell traceback is shown"
     assert "output traceback" not in page.dom, f"{entry}: a cell traceback is shown"
     assert page.screenshot.is_file() and page.screenshot.stat().st_size > 10_000, f"{entry}: no screenshot"
+
+
+@pytest.mark.parametrize("entry", PAGES)
+def test_no_markdown_table_left_as_text(rendered, entry):
+    """A cell's Markdown table shown as plain text (the cell lacks ``markdown_format: gfm``) reads as a
+    wall of pipes; code blocks are left out of the check."""
+    text = re.sub(r"<pre\b.*?</pre>", "", rendered[entry].dom, flags=re.S)
+    assert not re.search(r"\|\s*-{3,}\s*\|", text), f"{entry}: a Markdown table is shown as raw text"
