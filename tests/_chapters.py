@@ -94,3 +94,30 @@ def glued_values(nb: nbformat.NotebookNode) -> dict[str, object]:
         except (ValueError, SyntaxError):
             values[name] = text
     return values
+
+
+def glue_reference_problems(chapter: Path, nb: nbformat.NotebookNode) -> list[str]:
+    """What `make book` would warn about in ``chapter``'s prose, checked without Sphinx: a
+    ``{glue:text}`` key glued by no cell or whose format does not apply to the glued value, a
+    ``{glue:figure}`` key with no PNG. A chapter without either role is a problem too (the regexes
+    would then be checking nothing)."""
+    import re
+
+    from myst_nb.core.variables import format_plain_text
+
+    bundles = glued_bundles(nb)
+    text = chapter.read_text(encoding="utf-8")
+    roles = re.findall(r"\{glue:text\}`([^`]+)`", text)
+    figures = re.findall(r"```\{glue:figure\} (\S+)", text)
+    problems = [] if roles and figures else [f"{chapter.name}: no {{glue:text}} role or no {{glue:figure}}"]
+    for ref in roles:
+        key, _, fmt = ref.rpartition(":") if ":" in ref else (ref, "", "s")
+        if key not in bundles:
+            problems.append(f"{{glue:text}}`{ref}`: nothing glued under {key!r}")
+            continue
+        try:
+            format_plain_text(bundles[key]["text/plain"], fmt or "s")
+        except Exception as exc:  # noqa: BLE001 - any failure is what Sphinx would report
+            problems.append(f"{{glue:text}}`{ref}`: {exc!r}")
+    problems += [f"{{glue:figure}} {key}: no image/png" for key in figures if "image/png" not in bundles.get(key, {})]
+    return problems

@@ -8,10 +8,9 @@ recomputed here from the raw results files with scipy's Welch test (not the libr
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
-from _chapters import chapter_errors, glued_bundles, glued_values, run_checks
+from _chapters import chapter_errors, glue_reference_problems, glued_values, run_checks
 import pytest
 from scipy import stats
 
@@ -61,19 +60,7 @@ def test_chapter_cells_run(executed):
 
 
 def test_every_glue_reference_resolves(executed):
-    from myst_nb.core.variables import format_plain_text
-
-    bundles = glued_bundles(executed)
-    text = CHAPTER.read_text(encoding="utf-8")
-    roles = re.findall(r"\{glue:text\}`([^`]+)`", text)
-    figures = re.findall(r"```\{glue:figure\} (\S+)", text)
-    assert roles and figures
-    for ref in roles:
-        key, _, fmt = ref.rpartition(":") if ":" in ref else (ref, "", "s")
-        assert key in bundles, f"{{glue:text}}`{ref}`: nothing glued under {key!r}"
-        format_plain_text(bundles[key]["text/plain"], fmt or "s")
-    for key in figures:
-        assert "image/png" in bundles[key], key
+    assert not glue_reference_problems(CHAPTER, executed)
 
 
 @pytest.mark.parametrize("metric", ["knn_top1", "linear_top1"])

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from _chapters import chapter_errors, check_errors, glued_values, run_checks
+from _chapters import chapter_errors, check_errors, glue_reference_problems, glued_values, run_checks
 import nbformat
 import pytest
 
@@ -331,30 +331,16 @@ def test_summary_matches_sections(executed):
 def test_every_glue_reference_resolves(executed):
     """Every {glue:text} / {glue:figure} key of the prose is glued once, and its format applies (what
     `make book` would warn about, checked without Sphinx)."""
-    from myst_nb.core.variables import format_plain_text
-
-    glued, twice = {}, set()
+    seen, twice = set(), set()
     for cell in executed.cells:
         if any(t.startswith("check:") for t in cell.metadata.get("tags", [])):
             continue
         for o in cell.get("outputs", []):
             name = o.get("metadata", {}).get("scrapbook", {}).get("name")
             if name:
-                if name in glued:
-                    twice.add(name)
-                glued[name] = o["data"]
+                (twice if name in seen else seen).add(name)
     assert not twice, f"glued more than once (a build warning): {sorted(twice)}"
-    text = CHAPTER.read_text(encoding="utf-8")
-    roles = re.findall(r"\{glue:text\}`([^`]+)`", text)
-    figures = re.findall(r"```\{glue:figure\} (\S+)", text)
-    assert roles and figures
-    for ref in roles:
-        key, _, fmt = ref.rpartition(":") if ":" in ref else (ref, "", "s")
-        assert key in glued, f"{{glue:text}}`{ref}`: nothing glued under {key!r}"
-        plain = glued[key]["application/papermill.record/text/plain"]
-        format_plain_text(plain, fmt or "s")  # raises if the format does not apply
-    for key in figures:
-        assert "application/papermill.record/image/png" in glued.get(key, {}), key
+    assert not glue_reference_problems(CHAPTER, executed)
 
 
 def test_no_batch_steps_left():
