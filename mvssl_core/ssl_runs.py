@@ -54,8 +54,9 @@ KEEP = (  # logged metrics kept in the record
 
 # The small-scale recipe of each family: heads and method settings (``hyper``) and the optimiser
 # settings that differ from the shared ones (``optim``: base lr before linear scaling with the batch,
-# warm-up as a fraction of the run). The backbone is a ConvNet with widths (16, 32): 32-d features. Heads are
-# the papers' divided down; every other choice and its source:
+# warm-up as a fraction of the run); ``er_hyper``: settings of the ER variant only. The backbone is a
+# ConvNet with widths (16, 32): 32-d features. Heads are the papers' divided down; every other choice and
+# its source:
 RECIPES = {
     # SimCLR: projector with BN on its output as in the official TF code (the paper's Sec. 2.1 omits it);
     # temperature 0.2 (SimCLR's CIFAR-10 range 0.1-0.5, Appendix B.9).
@@ -77,17 +78,27 @@ RECIPES = {
                        "teacher_temperature_start": 0.04, "teacher_temperature_end": 0.04,
                        "freeze_last_layer": "1 epoch"},
              "optim": {"lr": 0.01, "warmup": 1 / 3}},
-    # SwAV's small-batch recipe (its README, batch 256: a queue of 3840 rows and prototypes frozen during the
-    # first epoch): a queue of 4 batches from a third of the run, so Sinkhorn equipartitions over
-    # batch + queue >= K rows; base lr 0.01 with a warm-up of a third of the run (at lr 0.1 SwAV stays on
-    # its trivial fixed point: uniform predictions, loss log K).
-    "swav": {"hyper": {"projector": {"hidden": 128, "out": 64}, "prototypes": {"n_prototypes": 64},
-                       "queue_length": "4 batches", "queue_start": 1 / 3, "freeze_prototypes": "1 epoch"},
+    # SwAV's small-batch recipe (its README, batch 256: 3000 prototypes, a queue of 3840 rows and prototypes
+    # frozen during the first epoch): a queue of 4 batches and at least K rows, used from a third of the run,
+    # so that Sinkhorn equipartitions over batch + queue >= K rows; base lr 0.01 with a warm-up of a third of
+    # the run (at lr 0.1 SwAV stays on its trivial fixed point: uniform predictions, loss log K). K = 256:
+    # measured here at batch 64, K = 64 left the loss within 0.05 nats of log K in 2 of 5 seeds (the recipe
+    # of results at 2d883b1), K = 256 trained in all 5 seeds of a probe. SwAV-ER only: targets sharper
+    # than the predictions, as for DeepCluster-ER below (with K = 256 and targets at 0.1, seed 1 stayed at
+    # its trivial loss; at 0.05 seeds 1 and 3 trained, kNN 93.6% and 91.4% against 85.5% and 81.6% untrained).
+    "swav": {"hyper": {"projector": {"hidden": 128, "out": 64}, "prototypes": {"n_prototypes": 256},
+                       "queue_length": "4 batches, at least K", "queue_start": 1 / 3, "freeze_prototypes": "1 epoch"},
+             "er_hyper": {"target_temperature": 0.05},
              "optim": {"lr": 0.01, "warmup": 1 / 3}},
     # DeepCluster-v2 as in the official code: prototypes are the k-means centroids, frozen between
     # re-clusterings, and the memory bank is filled by a pass over the data before the first step (the
     # defaults of mvssl_core.methods.DeepCluster); one prototype set at this scale (the paper's 3).
+    # DeepCluster-ER only: targets sharper than the predictions (tau 0.05 against 0.1), as DINO's teacher
+    # (0.04 against 0.1) and SwAV's Sinkhorn (epsilon 0.05). Measured here at batch 64: with targets at the
+    # predictions' temperature it stays on its uniform fixed point (loss at its trivial 0; 1 of 5 seeds
+    # trained, results at 2d883b1); at 0.05 it trained in all 5 seeds of a probe.
     "deepcluster": {"hyper": {"projector": {"hidden": 128, "out": 64}, "prototypes": {"n_prototypes": 64, "heads": 1}},
+                    "er_hyper": {"target_temperature": 0.05},
                     "optim": {}},
 }
 HEADS = {family: recipe["hyper"] for family, recipe in RECIPES.items()}  # recorded in every results file
@@ -112,7 +123,7 @@ class Scale:
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     batch_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # batch runs: 150 (10 methods x 3 settings x 5 seeds)
     dynamics_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    prototypes: tuple[int, ...] = (8, 64, 512)
+    prototypes: tuple[int, ...] = (8, 64, 256, 512)
     emas: tuple[float, ...] = (0.0, 0.99)
     kappas: tuple[float, ...] = (2.0, 10.0, 50.0)  # choices: SimCLR-ER's training concentration
     shapes_n: int = 2000              # shapes: generated images per split (6 classes)
@@ -144,8 +155,11 @@ class Run:
     optim: dict = field(default_factory=dict)  # changes to the recipe's optimiser settings (e.g. {"lr": 0.05})
 
 
-def _hyper(family: str, **changes) -> dict:
+def _hyper(family: str, method: str | None = None, **changes) -> dict:
+    """The recipe's hyper-parameters of ``family`` (with its ``er_hyper`` for an ER ``method``), changed."""
     hyper = copy.deepcopy(HEADS[family])
+    if method is not None and method.endswith("_er"):
+        hyper.update(copy.deepcopy(RECIPES[family].get("er_hyper", {})))
     hyper.update(changes)
     return hyper
 
@@ -158,6 +172,8 @@ def _resolve_hyper(hyper: dict, batch_size: int, total: int, steps_per_epoch: in
             out[key] = min(1.0, steps_per_epoch / total)
         elif value == "4 batches":
             out[key] = 4 * batch_size
+        elif value == "4 batches, at least K":
+            out[key] = max(4 * batch_size, hyper["prototypes"]["n_prototypes"])
     return out
 
 
@@ -213,7 +229,7 @@ def batch(s: Scale) -> list[Run]:
                     factor = largest / 256 * (math.sqrt(ratio) if regime == "sqrt" else ratio)
                     for seed in s.batch_seeds:
                         runs.append(Run(f"{m}/b={b}/{regime}/s{seed}", fam, m, "ER" if er else "original", seed, b,
-                                        s.epochs, _hyper(fam), {"batch_size": b, "regime": regime},
+                                        s.epochs, _hyper(fam, m), {"batch_size": b, "regime": regime},
                                         steps=s.batch_steps, optim={"lr": base * factor, "scale_lr": False}))
     return runs
 
@@ -222,17 +238,17 @@ def ema(s: Scale) -> list[Run]:
     """BYOL, DINO and their ER variants at several constant EMA coefficients (the teacher's momentum held
     fixed for the whole run; 0 makes the teacher a copy of the online network)."""
     return [Run(f"{m}/ema={lam}/s{seed}", fam, m, "ER" if er else "original", seed, s.ema_batch_size, s.epochs,
-                _hyper(fam, base_momentum=lam, final_momentum=lam), {"ema": lam})
+                _hyper(fam, m, base_momentum=lam, final_momentum=lam), {"ema": lam})
             for fam in ("byol", "dino") for er in (False, True) for m in [fam + ("_er" if er else "")]
             for lam in s.emas for seed in s.seeds]
 
 
 def ablation(s: Scale) -> list[Run]:
-    """ER variants of SimCLR, BYOL and DINO that maximise only the entropy or only the reconstruction term
+    """ER variants of every method that maximise only the entropy or only the reconstruction term
     (``er_terms``), beside both."""
     return [Run(f"{fam}_er/{terms}/s{seed}", fam, f"{fam}_er", terms, seed, s.batch_size, s.epochs,
-                _hyper(fam, er_terms=terms), {"er_terms": terms})
-            for fam in ("simclr", "byol", "dino") for terms in ("both", "entropy", "reconstruction")
+                _hyper(fam, f"{fam}_er", er_terms=terms), {"er_terms": terms})
+            for fam in FAMILIES for terms in ("both", "entropy", "reconstruction")
             for seed in s.seeds]
 
 
@@ -392,7 +408,7 @@ def run_experiment(name: str, s: Scale, jobs: int, out: Path, prov: dict) -> dic
         "schema": SCHEMA,
         "method": f"ssl_runs experiment '{name}'",
         "dataset": f"{s.data}: {note}",
-        "config": {"experiment": name, "scale": _scale_dict(s), "jobs": jobs, "heads": HEADS},
+        "config": {"experiment": name, "scale": _scale_dict(s), "jobs": jobs, "heads": HEADS, "recipes": RECIPES},
         "seed": seeds[0],
         "provenance": copy.deepcopy(prov),
         "metrics": {"runs": entries, "random_init": random_init,

@@ -205,12 +205,18 @@ def test_batch_runs_take_the_same_steps_in_two_learning_rate_regimes():
 
 
 def test_recipes_resolve_run_relative_settings():
-    """ "1 epoch" becomes its fraction of the run and "4 batches" a queue of 4 x batch rows."""
+    """ "1 epoch" becomes its fraction of the run and "4 batches, at least K" a queue of max(4 x batch, K)
+    rows, so that batch + queue can equipartition K prototypes at every batch size."""
     s = ssl_runs.Scale()
     run = next(r for r in ssl_runs.clustering(s) if r.family == "swav")
     cfg = ssl_runs.run_config(run, s)
     per_epoch = ssl_runs._n_train(s.data, s.data_root, s.size) // run.batch_size
-    assert cfg["hyper"]["queue_length"] == 4 * run.batch_size
+    assert cfg["hyper"]["queue_length"] == max(4 * run.batch_size, run.labels["K"]) == 512
+    for small in (r for r in ssl_runs.batch(s) if r.family == "swav"):
+        hyper = ssl_runs.run_config(small, s)["hyper"]
+        k = hyper["prototypes"]["n_prototypes"]
+        assert hyper["queue_length"] == max(4 * small.batch_size, k)
+        assert small.batch_size + hyper["queue_length"] >= k, small.name
     assert cfg["hyper"]["freeze_prototypes"] == pytest.approx(per_epoch / (run.epochs * per_epoch))
     dino = next(r for r in ssl_runs.dynamics(s) if r.family == "dino")
     assert ssl_runs.run_config(dino, s)["hyper"]["freeze_last_layer"] == pytest.approx(1 / dino.epochs)
