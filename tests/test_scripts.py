@@ -405,6 +405,17 @@ def test_help():
         assert proc.returncode == 0 and "DATA_DIR" in proc.stdout and "--cpu" in proc.stdout
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_device_check_refuses_without_a_gpu(tmp_path):
+    """scripts/check_gpu.sh measures the CUDA path: without a GPU it says so and exits 2, having run nothing."""
+    script = PRETRAIN.parent / "check_gpu.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0  # it parses
+    proc = subprocess.run(["bash", str(script), str(tmp_path / "logs")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "no CUDA device" in proc.stderr
+    assert not list((tmp_path / "logs").iterdir())  # no part ran
+
+
 # ------------------------------------------------------------------------------------------------
 # refusals: one line, exit status 2, nothing launched
 
