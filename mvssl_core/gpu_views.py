@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.ops import roi_align
 from torchvision.transforms import v2
 from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv  # torchvision's own hue maths
@@ -352,8 +352,10 @@ def batch_generator(device: str | torch.device, seed: int, step: int, micro: int
 class JpegBytes(Dataset):
     """An ImageFolder (``root/<class>/<image>``) whose items are ``(bytes, label, index)``, undecoded.
 
-    ``bytes`` is the file as a 1-D uint8 tensor (``torchvision.io.read_file``): the workers only read, the
-    device decodes (:func:`decode_batch`) and applies ``views`` (kept here for the consumer, not applied).
+    ``bytes`` is the file as a 1-D uint8 tensor: the workers only read, the device decodes
+    (:func:`decode_batch`) and applies ``views`` (kept here for the consumer, not applied). The tensor owns
+    ordinary memory (read with Python, not ``torchvision.io.read_file``, whose tensors a DataLoader worker
+    cannot send: the worker then drops the batch and the loader waits forever).
     Layout checks and errors are those of ``data.ImageFolder``.
     """
 
@@ -370,7 +372,10 @@ class JpegBytes(Dataset):
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
-        return read_file(path), label, index
+        with open(path, "rb") as f:
+            raw = bytearray(f.read())
+        data = torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
+        return data, label, index  # an empty file is replaced at decoding, as any undecodable one
 
 
 class TensorImages(Dataset):

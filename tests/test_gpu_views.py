@@ -323,6 +323,23 @@ def test_jpeg_bytes_dataset_and_collate(tmp_path):
         gpu_views.JpegBytes(tmp_path / "missing")
 
 
+def test_jpeg_bytes_reach_the_training_process_from_dataloader_workers(tmp_path):
+    """Issue 13, finding 1: torchvision.io.read_file's tensors could not be sent from a worker ("Bad file
+    descriptor" in its feeder thread, seen on CPU and on an H200), so a DataLoader with workers waited
+    forever. The bytes arrive, equal to the files, with 2 workers and a timeout that would fire instead."""
+    files = []
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(4):
+            files.append(tmp_path / c / f"{i}.jpg")
+            files[-1].write_bytes(_jpeg(_smooth(40 + i, 50)))
+    loader = DataLoader(gpu_views.JpegBytes(tmp_path), batch_size=3, num_workers=2, timeout=30,
+                        collate_fn=gpu_views.collate_bytes)
+    got = [(bytes(d.numpy()), i) for data, _, indices in loader for d, i in zip(data, indices.tolist())]
+    assert sorted(i for _, i in got) == list(range(8))
+    assert all(b == files[i].read_bytes() for b, i in got)
+
+
 # ---------------------------------------------------------------------------------------------
 # the trainer with data.gpu_pipeline (on CPU tensors: the same code path as on CUDA)
 
