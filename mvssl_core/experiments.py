@@ -26,7 +26,7 @@ from pathlib import Path
 
 from mvssl_core.results import ResultsError, load_results
 
-__all__ = ["RUN_FIELDS", "load_experiment", "select", "Summary", "summarise", "mean_curve", "load_published",
+__all__ = ["RUN_FIELDS", "load_experiment", "merge_records", "select", "Summary", "summarise", "mean_curve", "load_published",
            "published_values"]
 
 RUN_FIELDS = {
@@ -63,6 +63,31 @@ def load_experiment(path: str | os.PathLike) -> dict:
     if not isinstance(metrics.get("random_init"), list):
         raise ResultsError(f"{path}: field 'metrics.random_init' must be a list (one entry per seed)")
     return record
+
+
+def merge_records(records: list[dict], names: list[str] | None = None) -> dict:
+    """One record holding the runs of several records of the same protocol (``ablation`` and
+    ``ablation_clustering``: the same scale, seeds and data, other methods), for a chapter that reads them
+    together. The untrained backbone's accuracies must be the same in all of them (the same seeds and
+    backbone, so the same floor) and no run name may repeat; the first record's other fields are kept (its
+    provenance too: a chapter shows each file's own). ``names`` (the files, say) only label the errors."""
+    if not records:
+        raise ValueError("merge_records needs at least one record")
+    names = names or [f"record {i}" for i in range(len(records))]
+    if len(names) != len(records):
+        raise ValueError(f"names must give one name per record ({len(records)}), got {len(names)}")
+    first = records[0]
+    runs, seen = [], {}
+    for name, record in zip(names, records):
+        if record["metrics"]["random_init"] != first["metrics"]["random_init"]:
+            raise ResultsError(f"{name}: metrics.random_init differs from {names[0]}'s: not the same seeds and "
+                               "backbone, so the records cannot be read as one experiment")
+        for run in record["metrics"]["runs"]:
+            if run["name"] in seen:
+                raise ResultsError(f"{name}: run {run['name']!r} is also in {seen[run['name']]}")
+            seen[run["name"]] = name
+            runs.append(run)
+    return {**first, "metrics": {**first["metrics"], "runs": runs}}
 
 
 def select(record: dict, **where: object) -> list[dict]:

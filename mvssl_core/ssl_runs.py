@@ -9,10 +9,10 @@ Run through its entry point, ``scripts/experiments/ssl_runs.py`` (the command re
 
 Experiments (one file each, ``results/ssl/<name>.json``), the functions of :data:`EXPERIMENTS`, each
 described by its docstring: :func:`dynamics` (BYOL and DINO ablations), :func:`clustering` (SwAV and
-DeepCluster against K), :func:`ablation` (ER with one term only), :func:`ema` (constant EMA
-coefficients), :func:`batch` (batch sizes at a fixed number of steps), :func:`choices` (SimCLR-ER's
-concentration and entropy estimator) and :func:`shapes` (InfoNCE against ER on a second data set,
-generated shapes, whatever ``--data`` says).
+DeepCluster against K), :func:`ablation` and :func:`ablation_clustering` (ER with one term only),
+:func:`ema` (constant EMA coefficients), :func:`batch` (batch sizes at a fixed number of steps),
+:func:`choices` (SimCLR-ER's concentration and entropy estimator) and :func:`shapes` (InfoNCE against ER
+on a second data set, generated shapes, whatever ``--data`` says).
 
 Every run goes through :func:`mvssl_core.train.train` (the trainer of ``pretrain.sh``) in a temporary
 folder; the record keeps, per run, the logged metrics (every ``log_every`` steps), the final kNN and
@@ -42,8 +42,8 @@ from mvssl_core.config import BATCHED_VIEWS
 from mvssl_core.results import SCHEMA, provenance, repository_root, write_results
 
 __all__ = ["RECIPES", "HEADS", "SHARED_OPTIM", "FAMILIES", "Scale", "Run", "EXPERIMENTS", "dynamics", "clustering",
-           "batch", "ema", "ablation", "choices", "shapes", "scale_for", "run_config", "run_experiment",
-           "parse_args", "main"]
+           "batch", "ema", "ablation", "ablation_clustering", "choices", "shapes", "scale_for", "run_config",
+           "run_experiment", "parse_args", "main"]
 
 DEFAULT_OUT_DIR = repository_root(Path(__file__).parent) / "results" / "ssl"  # the checkout's results/ssl
 FAMILIES = ("simclr", "byol", "dino", "swav", "deepcluster")
@@ -243,13 +243,23 @@ def ema(s: Scale) -> list[Run]:
             for lam in s.emas for seed in s.seeds]
 
 
-def ablation(s: Scale) -> list[Run]:
-    """ER variants of every method that maximise only the entropy or only the reconstruction term
-    (``er_terms``), beside both."""
+def _ablation(s: Scale, families: tuple[str, ...]) -> list[Run]:
     return [Run(f"{fam}_er/{terms}/s{seed}", fam, f"{fam}_er", terms, seed, s.batch_size, s.epochs,
                 _hyper(fam, f"{fam}_er", er_terms=terms), {"er_terms": terms})
-            for fam in FAMILIES for terms in ("both", "entropy", "reconstruction")
+            for fam in families for terms in ("both", "entropy", "reconstruction")
             for seed in s.seeds]
+
+
+def ablation(s: Scale) -> list[Run]:
+    """ER variants of SimCLR, BYOL and DINO that maximise only the entropy or only the reconstruction term
+    (``er_terms``), beside both."""
+    return _ablation(s, ("simclr", "byol", "dino"))
+
+
+def ablation_clustering(s: Scale) -> list[Run]:
+    """The same ablation for the ER variants of SwAV and DeepCluster (a file of its own, read by the book
+    together with :func:`ablation`'s: :func:`mvssl_core.experiments.merge_records`)."""
+    return _ablation(s, ("swav", "deepcluster"))
 
 
 def choices(s: Scale) -> list[Run]:
@@ -274,8 +284,9 @@ def shapes(s: Scale) -> list[Run]:
 
 
 # name -> the runs of that experiment at a scale; each function's docstring says what it runs
-EXPERIMENTS = {"dynamics": dynamics, "clustering": clustering, "ablation": ablation, "ema": ema, "batch": batch,
-               "choices": choices, "shapes": shapes}
+EXPERIMENTS = {"dynamics": dynamics, "clustering": clustering, "ablation": ablation,
+               "ablation_clustering": ablation_clustering, "ema": ema, "batch": batch, "choices": choices,
+               "shapes": shapes}
 EXPERIMENT_DATA = {"shapes": "shapes"}  # experiments on their own data set, whatever --data says
 DATASET_NOTE = {"digits": "scikit-learn digits (1,797 8x8 images, 10 classes), 80/20 split, rendered at {size} px",
                 "shapes": "generated shapes (mvssl_core.data.Shapes: 6 classes, {n} images per split), "

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mvssl_core.experiments import (load_experiment, load_published, mean_curve, published_values, select,
-                                    summarise)
+from mvssl_core.experiments import (load_experiment, load_published, mean_curve, merge_records, published_values,
+                                    select, summarise)
 from mvssl_core.results import ResultsError, SCHEMA, provenance, write_results
 
 
@@ -60,6 +60,23 @@ def test_bad_records_are_refused_naming_the_field(tmp_path, mutate, match):
     write_results(tmp_path / "bad.json", record)
     with pytest.raises(ResultsError, match=match):
         load_experiment(tmp_path / "bad.json")
+
+
+def test_merge_records_reads_two_files_of_one_protocol_as_one():
+    other = copy.deepcopy(RECORD)
+    other["metrics"]["runs"] = [_run("c/s0", "swav", "z", 0, 0.8, [1.0, 1.0])]
+    merged = merge_records([RECORD, other], ["first.json", "second.json"])
+    assert [r["name"] for r in merged["metrics"]["runs"]] == ["a/s0", "a/s1", "b/s0", "c/s0"]
+    assert merged["metrics"]["random_init"] == RECORD["metrics"]["random_init"]
+    assert len(RECORD["metrics"]["runs"]) == 3 and len(other["metrics"]["runs"]) == 1  # inputs untouched
+    assert merge_records([RECORD]) == RECORD
+    with pytest.raises(ResultsError, match="second.json: run 'a/s0' is also in first.json"):
+        merge_records([RECORD, RECORD], ["first.json", "second.json"])
+    other["metrics"]["random_init"] = [{"seed": 0, "knn_top1": 0.31}]
+    with pytest.raises(ResultsError, match="second.json: metrics.random_init differs"):
+        merge_records([RECORD, other], ["first.json", "second.json"])
+    with pytest.raises(ValueError, match="at least one"):
+        merge_records([])
 
 
 def test_mean_curve_refuses_runs_logged_at_different_steps():

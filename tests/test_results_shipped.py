@@ -142,6 +142,7 @@ PUBLISHED = {
     "dynamics": lambda run: run["variant"] == "published",
     "batch": lambda run: run["batch_size"] == 64,
     "ablation": lambda run: run["labels"]["er_terms"] == "both",
+    "ablation_clustering": lambda run: run["labels"]["er_terms"] == "both",
     "clustering": lambda run: run["labels"]["K"] == ssl_runs.RECIPES[run["family"]]["hyper"]["prototypes"]["n_prototypes"],
 }
 # Recipes that do not train in every seed at this scale (measured; the chapters report every claim that

@@ -30,7 +30,12 @@ from matplotlib.container import BarContainer, ErrorbarContainer
 
 from mvssl_core import claims as C
 
-RAW = {n: json.loads((ROOT / "results" / "ssl" / f"{n}.json").read_text()) for n in ("batch", "ema", "ablation")}
+FILE_RECORDS = {n: json.loads((ROOT / "results" / "ssl" / f"{n}.json").read_text())
+                for n in ("batch", "ema", "ablation", "ablation_clustering")}
+RAW = {n: FILE_RECORDS[n] for n in ("batch", "ema", "ablation")}
+RAW["ablation"] = dict(RAW["ablation"], metrics=dict(RAW["ablation"]["metrics"], runs=(
+    RAW["ablation"]["metrics"]["runs"] + FILE_RECORDS["ablation_clustering"]["metrics"]["runs"])))
+assert FILE_RECORDS["ablation_clustering"]["metrics"]["random_init"] == RAW["ablation"]["metrics"]["random_init"]
 FAMS = ("simclr", "byol", "dino", "swav", "deepcluster")
 ABL_FAMS = tuple(f for f in FAMS if any(r["family"] == f for r in RAW["ablation"]["metrics"]["runs"]))
 
@@ -257,7 +262,7 @@ for exp in ("batch", "ema", "ablation"):
     assert table.count("\\n") == n_rows + 1, exp
 """,
     "provenance": """
-for name_, record in RAW.items():
+for name_, record in FILE_RECORDS.items():
     prov = record["provenance"]
     assert prov["command"].startswith("python scripts/experiments/ssl_runs.py"), prov["command"]
     assert "--smoke" not in prov["command"] and record["config"]["scale"]["steps"] is None, \\
