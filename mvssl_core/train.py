@@ -269,8 +269,20 @@ def build_eval_sets(cfg: RunConfig, name: str | None = None,
     t = eval_transform(cfg.data.size, normalize=cfg.data.view_kwargs.get("normalize", IMAGENET_NORMALIZE))
     kw = _dataset_kwargs(cfg)
     name = name or cfg.data.name
-    return (build_dataset(name, split=_split(cfg, "eval_train"), transform=t if train_transform is None else train_transform, **kw),
-            build_dataset(name, split=_split(cfg, "eval"), transform=t, **kw))
+    train_split, test_split = _split(cfg, "eval_train"), _split(cfg, "eval")
+    train_set = build_dataset(name, split=train_split, transform=t if train_transform is None else train_transform, **kw)
+    test_set = build_dataset(name, split=test_split, transform=t, **kw)
+    # Each split numbers its own sorted classes: with other class folders, a label would name another class
+    # in the other split and every accuracy would be scored against shifted labels.
+    train_classes, test_classes = getattr(train_set, "classes", None), getattr(test_set, "classes", None)
+    if train_classes is not None and test_classes is not None and list(train_classes) != list(test_classes):
+        only_train = sorted(set(train_classes) - set(test_classes))
+        only_test = sorted(set(test_classes) - set(train_classes))
+        raise ConfigError(
+            f"data.root {cfg.data.root}: the evaluation splits {train_split!r} and {test_split!r} must hold the "
+            f"same classes (one label index for both); only in {train_split!r}: {only_train or 'none'}; only in "
+            f"{test_split!r}: {only_test or 'none'}")
+    return train_set, test_set
 
 
 # ------------------------------------------------------------------------------------------------

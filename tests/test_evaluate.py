@@ -203,3 +203,31 @@ def test_linear_eval_bad_arguments_are_named():
         linear_eval(nn.Flatten(), data, data, n_classes=2, feature_dim=18, batch_size=4, momentum=1.0)
     with pytest.raises(ValueError, match="fewer than batch_size"):
         linear_eval(nn.Flatten(), data, data, n_classes=2, feature_dim=18, batch_size=64)
+
+
+@pytest.mark.parametrize("train,val,named", [
+    (("a", "b", "c"), ("a", "c"), "only in 'train': ['b']; only in 'val': none"),
+    (("a", "b"), ("a", "b", "z"), "only in 'train': none; only in 'val': ['z']"),
+])
+def test_evaluation_splits_with_other_class_folders_are_refused(tmp_path, train, val, named):
+    """Issue 15, finding 2: each ImageFolder split numbers its own sorted classes, so with train {a, b, c} and
+    val {a, c} val's c got train's b label and kNN scored against shifted labels. Refused, naming them."""
+    from PIL import Image
+
+    from mvssl_core.config import ConfigError, RunConfig, from_dict
+    from mvssl_core.train import build_eval_sets
+
+    for split, classes in (("train", train), ("val", val)):
+        for c in classes:
+            (tmp_path / split / c).mkdir(parents=True)
+            Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / split / c / "0.png")
+    cfg = from_dict(RunConfig, {"method": "simclr", "out": str(tmp_path / "run"),
+                                "data": {"name": "imagefolder", "root": str(tmp_path), "size": 8}})
+    with pytest.raises(ConfigError, match=named.replace("[", r"\[").replace("]", r"\]")):
+        build_eval_sets(cfg)
+    for c in set(train) ^ set(val):  # the same class folders in both: one index, accepted
+        for split in ("train", "val"):
+            (tmp_path / split / c).mkdir(exist_ok=True)
+            Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / split / c / "0.png")
+    train_set, val_set = build_eval_sets(cfg)
+    assert train_set.class_to_idx == val_set.class_to_idx
