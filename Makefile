@@ -46,7 +46,7 @@ book: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_core.py
 
-# Regenerate every shipped results file (about 3 hours on 2 cores; book/reproduce.md has each file's time).
+# Regenerate every shipped results file (about 3 h 20 min on 2 cores; book/reproduce.md has each file's time).
 results: $(STAMP)
 	$(BIN)/python scripts/experiments/train_critics.py
 	$(BIN)/python scripts/experiments/ssl_runs.py --jobs 2

@@ -305,7 +305,7 @@ def test_summary_matches_sections(executed):
     section's table; the counts in the closing prose add up."""
     glued = glued_values(executed)
     verdicts = {k.removeprefix("v_"): v for k, v in glued.items() if k.startswith("v_")}
-    assert len(verdicts) == 22, sorted(verdicts)
+    assert len(verdicts) == 28, sorted(verdicts)  # 10 batch + 2 EMA + 16 ablation (1 + 3 per method)
     summary = _markdown_output(executed, "display(Markdown(SUMMARY))")
     listed = re.findall(r"^- (.+?): \*\*(.+?)\*\* \(", summary, flags=re.M)
     assert len(listed) == len(verdicts), listed
