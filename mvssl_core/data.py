@@ -4,8 +4,10 @@ image into a list of augmented views.
 
 Images are PIL images (ImageFolder, CIFAR, STL-10) or ``(C, H, W)`` uint8 tensors (digits, shapes; PIL with
 ``as_pil=True``); the ``views`` pipelines accept both. Unreadable image files are skipped, counted and
-logged, never fatal (``ImageFolder.skipped``). A missing or empty data folder, or a torchvision data set
-that is neither on disk nor downloadable, raises ``FileNotFoundError`` naming the path and what to put there.
+logged, never fatal (``ImageFolder.skipped``); folders that cannot be listed and classes left with no image
+are counted and reported with a ``DataWarning`` (``ImageFolder.unreadable``). A missing, unreadable or empty
+data folder, one with no readable image, or a torchvision data set that is neither on disk nor downloadable,
+raises ``FileNotFoundError`` naming the path and what to put there.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.error import URLError
@@ -32,6 +35,22 @@ log = logging.getLogger(__name__)
 # what PIL raises on a file that is not an image, is truncated, or is otherwise broken
 BAD_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 
+_LAYOUT = "expected the ImageNet layout root/<class>/<image>.JPEG (one sub-folder per class)"
+
+
+class DataWarning(UserWarning):
+    """A data set was built with parts of its folder left out: folders that could not be listed, classes
+    with no image. ``warnings.simplefilter("error", DataWarning)`` (or ``-W error::mvssl_core.data.DataWarning``)
+    turns it into an error."""
+
+
+def _reason(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+def _examples(items: Sequence[str], k: int = 3) -> str:
+    return "; ".join(items[:k]) + (f"; ... ({len(items) - k} more)" if len(items) > k else "")
+
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:
     """Open an image file and decode it fully as RGB (a truncated file fails here, not later)."""
@@ -47,13 +66,17 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
 class ImageFolder(torchvision.datasets.ImageFolder):
     """torchvision's ImageFolder (``root/<class>/<image>``, the ImageNet layout) that skips bad files.
 
-    Files without an image extension are left out and listed in ``non_image_files``. An image that cannot
-    be decoded is skipped and recorded in ``skipped`` as ``(path, reason)``:
+    Files without an image extension are left out and listed in ``non_image_files``. A folder that cannot
+    be listed (torchvision's ``os.walk`` passes over it in silence) is recorded in ``unreadable`` as
+    ``(path, reason)``; it and any class left with no image are reported with a :class:`DataWarning`.
+    An image that cannot be opened or decoded is skipped and recorded in ``skipped`` as ``(path, reason)``:
       - ``verify=True`` decodes every image once at construction and drops the bad ones (exact, costs one
         pass over the data: right for small sets, slow for ImageNet);
-      - otherwise a bad image is found when it is loaded: ``__getitem__(i)`` then returns the next good
-        item (i + 1, i + 2, ... wrapping around), logs a warning, and adds it to ``skipped`` of the process
-        that loaded it (each DataLoader worker holds its own copy).
+      - otherwise images are decoded at construction up to the first good one (one file in a sound
+        folder; every file in one where none is readable), and a bad image is found when it is loaded:
+        ``__getitem__(i)`` then returns the next good item (i + 1, i + 2, ... wrapping around), logs a
+        warning, and adds it to ``skipped`` of the process that loaded it (each DataLoader worker holds its
+        own copy).
 
     Args:
         root: the folder holding one sub-folder per class.
@@ -62,7 +85,8 @@ class ImageFolder(torchvision.datasets.ImageFolder):
         verify: decode every image at construction (see above).
 
     Raises:
-        FileNotFoundError: ``root`` is missing, not a folder, holds no class folder, or no image.
+        FileNotFoundError: ``root`` is missing, not a folder, cannot be listed, holds no class folder, or no
+            readable image (one line naming ``root``, the counts and the first paths).
     """
 
     def __init__(
@@ -74,14 +98,12 @@ class ImageFolder(torchvision.datasets.ImageFolder):
         verify: bool = False,
     ) -> None:
         root = Path(root).expanduser()
-        layout = "expected the ImageNet layout root/<class>/<image>.JPEG (one sub-folder per class)"
         if not root.exists():
-            raise FileNotFoundError(f"image folder {root} does not exist; {layout}")
+            raise FileNotFoundError(f"image folder {root} does not exist; {_LAYOUT}")
         if not root.is_dir():
-            raise FileNotFoundError(f"image folder {root} is not a folder; {layout}")
-        if not any(e.is_dir() and not e.name.startswith(".") for e in os.scandir(root)):
-            raise FileNotFoundError(f"image folder {root} holds no class sub-folder; {layout}")
+            raise FileNotFoundError(f"image folder {root} is not a folder; {_LAYOUT}")
         self.non_image_files: list[str] = []
+        self.unreadable: list[tuple[str, str]] = []
         self.skipped: list[tuple[str, str]] = []
         self._bad: set[int] = set()
 
@@ -97,22 +119,90 @@ class ImageFolder(torchvision.datasets.ImageFolder):
         if self.non_image_files:
             log.warning("%s: left out %d files without an image extension (e.g. %s)",
                         root, len(self.non_image_files), self.non_image_files[0])
+        if self.unreadable:
+            listed = [f"{p} ({r})" for p, r in self.unreadable]
+            n = len(listed)
+            if not self.samples:
+                raise FileNotFoundError(f"image folder {root} holds no readable image: {n} of its folders could "
+                                        f"not be listed: {_examples(listed)}")
+            warnings.warn(f"image folder {root}: {n} folder{'s' * (n != 1)} could not be listed and "
+                          f"{'their' if n != 1 else 'its'} images are left out: {_examples(listed)}",
+                          DataWarning, stacklevel=2)
         if verify:
             good = []
             for path, target in self.samples:
                 try:
                     load_rgb(path)
                 except BAD_IMAGE_ERRORS as e:
-                    self.skipped.append((path, f"{type(e).__name__}: {e}"))
+                    self.skipped.append((path, _reason(e)))
                 else:
                     good.append((path, target))
             self.samples = self.imgs = good
             self.targets = [t for _, t in good]
-            if self.skipped:
-                log.warning("%s: skipped %d unreadable images (e.g. %s: %s)",
-                            root, len(self.skipped), *self.skipped[0])
+        elif self.samples:
+            self._first_good()
+        readable = len(self.samples) - len(self._bad)  # (with verify, samples holds only the good ones)
+        if self.skipped and not readable:
+            n = len(self.skipped)
+            raise FileNotFoundError(f"image folder {root} holds no readable image: all {n} image file"
+                                    f"{'s' * (n != 1)} failed to load: "
+                                    f"{_examples([f'{p}: {r}' for p, r in self.skipped], 2)}")
+        if self.skipped:
+            log.warning("%s: skipped %d unreadable images (e.g. %s: %s)", root, len(self.skipped), *self.skipped[0])
         if not self.samples:
-            raise FileNotFoundError(f"image folder {root} holds no readable image in its class folders; {layout}")
+            raise FileNotFoundError(f"image folder {root} holds no readable image in its class folders; {_LAYOUT}")
+        has_image = set(self.targets)
+        empty = [c for c, i in self.class_to_idx.items() if i not in has_image]
+        if empty:
+            warnings.warn(f"image folder {root}: {len(empty)} class{'es' * (len(empty) != 1)} with no image: "
+                          f"{', '.join(empty[:10])}{', ...' * (len(empty) > 10)} (each keeps its label index)",
+                          DataWarning, stacklevel=2)
+
+    def _first_good(self) -> None:
+        """Decode the images in order up to the first good one; record the bad ones met before it."""
+        for i, (path, _) in enumerate(self.samples):
+            try:
+                self.loader(path)
+            except BAD_IMAGE_ERRORS as e:
+                self._bad.add(i)
+                self.skipped.append((path, _reason(e)))
+            else:
+                return
+
+    def find_classes(self, directory: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
+        """torchvision's class folders (every sub-folder, sorted), with one-line errors for a root that
+        cannot be listed or holds no class folder."""
+        try:
+            with os.scandir(directory) as entries:
+                classes = sorted(e.name for e in entries if e.is_dir())
+        except OSError as e:
+            raise FileNotFoundError(f"image folder {directory} cannot be listed ({_reason(e)}); {_LAYOUT}") from e
+        if not any(not c.startswith(".") for c in classes):
+            raise FileNotFoundError(f"image folder {directory} holds no class sub-folder; {_LAYOUT}")
+        return classes, {c: i for i, c in enumerate(classes)}
+
+    def make_dataset(self, directory: str | os.PathLike, class_to_idx: dict[str, int],
+                     extensions: tuple[str, ...] | None = None, is_valid_file: Callable[[str], bool] | None = None,
+                     allow_empty: bool = True) -> list[tuple[str, int]]:
+        """torchvision's ``make_dataset`` (the same files in the same order), except that a folder that
+        cannot be listed is recorded in ``unreadable`` instead of being passed over in silence. Empty
+        classes are reported by ``__init__``, whatever ``allow_empty``."""
+        if is_valid_file is None:
+            def is_valid_file(path: str) -> bool:
+                return has_file_allowed_extension(path, extensions or IMG_EXTENSIONS)
+
+        def unreadable(e: OSError) -> None:
+            self.unreadable.append((os.fspath(e.filename) if e.filename is not None else "?", _reason(e)))
+
+        samples = []
+        for cls in sorted(class_to_idx):
+            class_dir = os.path.join(directory, cls)
+            if not os.path.isdir(class_dir):
+                continue
+            for folder, _, names in sorted(os.walk(class_dir, onerror=unreadable, followlinks=True)):
+                samples.extend((os.path.join(folder, name), class_to_idx[cls]) for name in sorted(names)
+                               if is_valid_file(os.path.join(folder, name)))
+        return samples
 
     @property
     def n_skipped(self) -> int:
