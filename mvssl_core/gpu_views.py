@@ -372,8 +372,12 @@ class JpegBytes(Dataset):
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
-        with open(path, "rb") as f:
-            raw = bytearray(f.read())
+        try:
+            with open(path, "rb") as f:
+                raw = bytearray(f.read())
+        except OSError as e:  # unreadable now (permissions, a file gone): skipped like an undecodable one
+            log.warning("skipped an unreadable image file %s: %s", path, e)
+            raw = bytearray()
         data = torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
         return data, label, index  # an empty file is replaced at decoding, as any undecodable one
 

@@ -340,6 +340,31 @@ def test_jpeg_bytes_reach_the_training_process_from_dataloader_workers(tmp_path)
     assert all(b == files[i].read_bytes() for b, i in got)
 
 
+def test_jpeg_bytes_skips_a_file_that_became_unreadable(tmp_path, monkeypatch, caplog):
+    """Issue 15: a file that cannot be opened after the folder was listed (permissions, a file gone) is
+    logged and handed on empty, so decode_batch replaces it like an undecodable one; it used to raise in
+    the worker and stop the run."""
+    import builtins
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(2):
+            (tmp_path / c / f"{i}.jpg").write_bytes(_jpeg(_smooth(40 + i, 50)))
+    ds = gpu_views.JpegBytes(tmp_path)
+    bad, real_open = str(tmp_path / "b" / "1.jpg"), builtins.open
+
+    def guarded(file, *args, **kwargs):
+        if str(file) == bad:
+            raise PermissionError(13, "Permission denied", bad)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded)
+    data, labels, indices = next(iter(DataLoader(ds, batch_size=4, collate_fn=gpu_views.collate_bytes)))
+    assert [d.numel() == 0 for d in data] == [False, False, False, True]
+    assert "unreadable image file" in caplog.text and bad in caplog.text
+    out = gpu_views.decode_batch(data, "cpu")
+    assert len(out) == 4 and torch.equal(out[3], out[0])
+
+
 # ---------------------------------------------------------------------------------------------
 # the trainer with data.gpu_pipeline (on CPU tensors: the same code path as on CUDA)
 
