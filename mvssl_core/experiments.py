@@ -9,10 +9,11 @@ A record (``results/ssl/<experiment>.json``, schema of :mod:`mvssl_core.results`
      "final": {"knn_top1": 0.91, "linear_top1": 0.97, ...}, "seconds": 33.1, "config": {...}}
 
 and under ``metrics.random_init`` the accuracies of the untrained backbone per seed.
-:func:`load_experiment` validates all of it (:class:`~mvssl_core.results.ResultsError` naming the
-run and field); :func:`summarise` and :func:`mean_curve` give the mean and spread over seeds that
-the chapters plot. :func:`load_published` reads the published reference accuracies
-(``book/data/published_imagenet.yaml``), validated the same way.
+:func:`load_experiment` validates all of it against :data:`mvssl_core.schemas.EXPERIMENT` and the
+checks across runs (:class:`~mvssl_core.results.ResultsError` naming the file, run and field);
+:func:`summarise` and :func:`mean_curve` give the mean and spread over seeds that the chapters plot.
+:func:`load_published` reads the published reference accuracies (``book/data/published_imagenet.yaml``),
+validated the same way (:data:`mvssl_core.schemas.PUBLISHED`).
 """
 
 from __future__ import annotations
@@ -26,43 +27,23 @@ from pathlib import Path
 
 from mvssl_core.results import ResultsError, load_results
 
-__all__ = ["RUN_FIELDS", "load_experiment", "merge_records", "select", "Summary", "summarise", "mean_curve", "load_published",
+__all__ = ["load_experiment", "merge_records", "select", "Summary", "summarise", "mean_curve", "load_published",
            "published_values"]
-
-RUN_FIELDS = {
-    "name": str, "family": str, "method": str, "variant": str, "seed": int, "batch_size": int,
-    "epochs": int, "labels": dict, "steps": int, "history": dict, "final": dict,
-}
 
 
 def load_experiment(path: str | os.PathLike) -> dict:
-    """Load and validate a multi-run record; returns it (raises :class:`ResultsError`)."""
-    record = load_results(path)
-    metrics = record["metrics"]
-    runs = metrics.get("runs")
-    if not isinstance(runs, list) or not runs:
-        raise ResultsError(f"{path}: field 'metrics.runs' must be a non-empty list of runs")
-    for i, run in enumerate(runs):
-        where = f"{path}: metrics.runs[{i}]"
-        if not isinstance(run, dict):
-            raise ResultsError(f"{where} must be an object, got {type(run).__name__}")
-        for name, kind in RUN_FIELDS.items():
-            if name not in run:
-                raise ResultsError(f"{where} ({run.get('name', '?')}): required field '{name}' is missing")
-            value = run[name]
-            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-                raise ResultsError(f"{where} ({run.get('name', '?')}): field '{name}' must be {kind.__name__}, "
-                                   f"got {type(value).__name__}")
-        steps = run["history"].get("step")
-        if not isinstance(steps, list) or not steps:
-            raise ResultsError(f"{where} ({run['name']}): 'history.step' must be a non-empty list")
-        for key, values in run["history"].items():
-            if not isinstance(values, list) or len(values) != len(steps):
-                raise ResultsError(f"{where} ({run['name']}): 'history.{key}' must be a list as long as "
-                                   f"'history.step' ({len(steps)})")
-    if not isinstance(metrics.get("random_init"), list):
-        raise ResultsError(f"{path}: field 'metrics.random_init' must be a list (one entry per seed)")
-    return record
+    """Load and validate a multi-run record of ``ssl_runs``; returns it.
+
+    The file must follow :data:`mvssl_core.schemas.EXPERIMENT` (every run's fields, accuracies as fractions
+    in [0, 1], whole numbers where counts belong) and the checks of :func:`mvssl_core.results.validate_results`
+    (each run once, the seed of a run's name equal to its ``seed``, logged steps increasing strictly, methods
+    of :data:`mvssl_core.methods.METHODS`).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ResultsError: naming the file, the run (index and name) and the field.
+    """
+    return load_results(path, kind="experiment")
 
 
 def merge_records(records: list[dict], names: list[str] | None = None) -> dict:
@@ -145,12 +126,30 @@ def mean_curve(runs: list[dict], metric: str) -> tuple[list[int], list[float], l
 # ------------------------------------------------------------------------------------------------
 # Published reference numbers (book/data/published_imagenet.yaml): reported by others, never measured here
 
-_SOURCE_FIELDS = ("key", "title", "venue", "openreview", "note")
-_TABLE_FIELDS = {"title": str, "varies": str, "fixed": dict, "reference": int, "deltas_at": list, "rows": list}
-
-
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _strict_yaml_loader(path: Path):
+    """A safe YAML loader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ResultsError(f"{path}: the key '{key}' is given more than once in one mapping (line "
+                                   f"{key_node.start_mark.line + 1}); a YAML reader keeps one of the values "
+                                   "silently, so each key must appear once")
+            seen.add(key)
+        return loader.construct_mapping(node, deep=True)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return Loader
 
 
 def load_published(path: str | os.PathLike) -> dict:
@@ -160,7 +159,9 @@ def load_published(path: str | os.PathLike) -> dict:
     ``openreview``, ``note``: non-empty strings), a ``metric`` and ``tables``: each table fixes some
     settings (``fixed``, e.g. ``{epochs: 400}``), varies one (``varies``, e.g. ``batch_size``) and lists
     ``rows`` of ``{method, top1, deltas}``: ``top1`` at the ``reference`` setting and ``deltas`` (points)
-    at each setting of ``deltas_at``, in that order. Accuracies are percentages in [0, 100].
+    at each setting of ``deltas_at``, in that order. Accuracies are percentages in [0, 100]. The fields
+    follow :data:`mvssl_core.schemas.PUBLISHED`; across fields, each method appears once per table, the
+    settings are distinct and every ``top1 + delta`` lies in [0, 100]. A key given twice is refused.
 
     Returns:
         The decoded file (a dict), unchanged.
@@ -172,68 +173,36 @@ def load_published(path: str | os.PathLike) -> dict:
     """
     import yaml  # a dependency of mvssl_core (configs); imported here to keep this module light
 
+    from mvssl_core.results import check_schema
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"published-results file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_strict_yaml_loader(path))  # noqa: S506 (safe)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ResultsError(f"{path}: cannot read it as YAML ({str(e).splitlines()[0]})") from None
 
     def fail(field: str, message: str) -> None:
         raise ResultsError(f"{path}: field '{field}' {message}")
 
-    if not isinstance(data, dict):
-        raise ResultsError(f"{path}: must hold a mapping with 'source', 'metric' and 'tables'")
-    source = data.get("source")
-    if not isinstance(source, dict):
-        fail("source", "is missing or not a mapping")
-    for name in _SOURCE_FIELDS:
-        value = source.get(name)
-        if not isinstance(value, str) or not value.strip():
-            fail(f"source.{name}", f"must be a non-empty string, got {value!r:.60}")
-    if not isinstance(data.get("metric"), str) or not data["metric"].strip():
-        fail("metric", "must be a non-empty string")
-    tables = data.get("tables")
-    if not isinstance(tables, dict) or not tables:
-        fail("tables", "must be a non-empty mapping of tables")
-    for tname, table in tables.items():
+    check_schema(data, "published", str(path))
+    for tname, table in data["tables"].items():
         where = f"tables.{tname}"
-        if not isinstance(table, dict):
-            fail(where, "must be a mapping")
-        for name, kind in _TABLE_FIELDS.items():
-            value = table.get(name)
-            if name not in table:
-                fail(f"{where}.{name}", "is missing")
-            if not isinstance(value, kind) or isinstance(value, bool):
-                fail(f"{where}.{name}", f"must be {kind.__name__}, got {type(value).__name__}")
-        for key, value in table["fixed"].items():
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                fail(f"{where}.fixed.{key}", f"must be a whole number >= 1, got {value!r}")
         settings = [table["reference"], *table["deltas_at"]]
-        if any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in settings):
-            fail(f"{where}.deltas_at", f"must be whole numbers >= 1 besides the reference, got {settings}")
-        if len(set(settings)) != len(settings) or not table["deltas_at"]:
-            fail(f"{where}.deltas_at", f"must be distinct settings other than the reference {table['reference']}")
-        if not table["rows"]:
-            fail(f"{where}.rows", "must list at least one method")
+        if len(set(settings)) != len(settings):
+            fail(f"{where}.deltas_at", f"must be distinct settings other than the reference {table['reference']}, "
+                                       f"got {table['deltas_at']}")
         seen: set[str] = set()
         for i, row in enumerate(table["rows"]):
             rwhere = f"{where}.rows[{i}]"
-            if not isinstance(row, dict):
-                fail(rwhere, "must be a mapping {method, top1, deltas}")
-            method = row.get("method")
-            if not isinstance(method, str) or not method.strip():
-                fail(f"{rwhere}.method", f"must be a non-empty string, got {method!r:.60}")
+            method, top1, deltas = row["method"], row["top1"], row["deltas"]
             if method in seen:
                 fail(f"{rwhere}.method", f"repeats {method!r}")
             seen.add(method)
-            top1 = row.get("top1")
-            if not _is_number(top1) or not 0.0 <= top1 <= 100.0:
+            if not _is_number(top1):  # YAML's .nan and .inf are numbers to a schema
                 fail(f"{rwhere}.top1", f"must be a percentage in [0, 100], got {top1!r:.60}")
-            deltas = row.get("deltas")
-            if (not isinstance(deltas, list) or len(deltas) != len(table["deltas_at"])
-                    or not all(_is_number(d) for d in deltas)):
+            if len(deltas) != len(table["deltas_at"]) or not all(_is_number(d) for d in deltas):
                 fail(f"{rwhere}.deltas", f"must be {len(table['deltas_at'])} numbers (one per deltas_at), "
                                          f"got {deltas!r:.60}")
             if not all(0.0 <= top1 + d <= 100.0 for d in deltas):

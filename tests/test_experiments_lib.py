@@ -18,7 +18,8 @@ from mvssl_core.results import ResultsError, SCHEMA, provenance, write_results
 def _run(name, family, variant, seed, acc, entropy):
     return {"name": name, "family": family, "method": family, "variant": variant, "seed": seed,
             "batch_size": 16, "epochs": 1, "labels": {"ema": 0.9}, "steps": 4,
-            "history": {"step": [2, 4], "entropy": entropy}, "final": {"knn_top1": acc}}
+            "history": {"step": [2, 4], "entropy": entropy}, "final": {"knn_top1": acc, "linear_top1": acc},
+            "config": {"resolved": {}}}
 
 
 RECORD = {
@@ -27,7 +28,7 @@ RECORD = {
     "metrics": {"runs": [_run("a/s0", "byol", "x", 0, 0.5, [1.0, 2.0]),
                          _run("a/s1", "byol", "x", 1, 0.7, [3.0, None]),
                          _run("b/s0", "dino", "y", 0, 0.9, [0.0, 0.0])],
-                "random_init": [{"seed": 0, "knn_top1": 0.3}]},
+                "random_init": [{"seed": 0, "knn_top1": 0.3, "linear_top1": 0.4}]},
 }
 
 
@@ -49,7 +50,7 @@ def test_load_select_summarise_and_curves(tmp_path):
 @pytest.mark.parametrize("mutate,match", [
     (lambda r: r["metrics"].pop("runs"), "metrics.runs"),
     (lambda r: r["metrics"]["runs"][1].pop("seed"), r"runs\[1\] \(a/s1\): required field 'seed'"),
-    (lambda r: r["metrics"]["runs"][0].update(seed=True), "'seed' must be int"),
+    (lambda r: r["metrics"]["runs"][0].update(seed=True), r"runs\[0\] \(a/s0\): field 'seed' must be a whole number"),
     (lambda r: r["metrics"]["runs"][2]["history"].update(entropy=[1.0]), "history.entropy"),
     (lambda r: r["metrics"]["runs"][0]["history"].update(step=[]), "history.step"),
     (lambda r: r["metrics"].pop("random_init"), "random_init"),
@@ -142,7 +143,8 @@ def _mutated(tmp_path, mutate) -> Path:
     (lambda d: d["tables"]["batch_size"]["rows"][0].update(top1=True), r"rows\[0\].top1"),
     (lambda d: d["tables"]["batch_size"]["rows"][1].update(top1=169.1), r"rows\[1\].top1"),
     (lambda d: d["tables"]["batch_size"]["rows"][2]["deltas"].pop(), r"'tables.batch_size.rows\[2\].deltas'"),
-    (lambda d: d["tables"]["epochs"]["rows"][3].update(deltas=[0.2, None, -1.2]), r"'tables.epochs.rows\[3\].deltas'"),
+    (lambda d: d["tables"]["epochs"]["rows"][3].update(deltas=[0.2, None, -1.2]),
+     r"'tables.epochs.rows\[3\].deltas\[1\]' must be a change in points in \[-100, 100\], got None"),
     (lambda d: d["tables"]["epochs"]["rows"][5].update(method="SimCLR"), r"rows\[5\].method.*repeats"),
     (lambda d: d["tables"]["epochs"]["fixed"].update(batch_size=0), "'tables.epochs.fixed.batch_size'"),
 ])
@@ -163,3 +165,18 @@ def test_published_file_missing_or_not_yaml(tmp_path):
     bad.write_text("- a list\n", encoding="utf-8")
     with pytest.raises(ResultsError, match="mapping"):
         load_published(bad)
+
+
+def test_published_key_given_twice_or_not_finite_is_refused(tmp_path):
+    text = PUBLISHED.read_text(encoding="utf-8")
+    path = tmp_path / "published.yaml"
+    path.write_text(text.replace("top1: 69.5,", "top1: 69.5, top1: 59.5,", 1), encoding="utf-8")
+    assert yaml.safe_load(path.read_text())["tables"]["batch_size"]["rows"][0]["top1"] == 59.5  # read silently
+    with pytest.raises(ResultsError, match=r"the key 'top1' is given more than once in one mapping \(line \d+\)"
+                       ) as info:
+        load_published(path)
+    assert str(info.value).startswith(f"{path}: ")
+    path.write_text(text.replace("top1: 69.5,", "top1: .nan,", 1), encoding="utf-8")
+    with pytest.raises(ResultsError, match=r"'tables.batch_size.rows\[0\].top1' must be a percentage in \[0, 100\], "
+                                           r"got nan"):
+        load_published(path)

@@ -134,15 +134,16 @@ def test_missing_field_is_named(tmp_path, field):
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("seed", "0", r"'seed' must be int, got str"),
-        ("seed", True, r"'seed' must be int, got bool"),
-        ("config", [1], r"'config' must be dict"),
+        ("seed", "0", r"'seed' must be a whole number >= 0, got '0' \(a string\)"),
+        ("seed", True, r"'seed' must be a whole number >= 0, got True \(a boolean\)"),
+        ("seed", -1, r"'seed' must be a whole number >= 0, got -1"),
+        ("config", [1], r"'config' must be an object, got \[1\] \(a list\)"),
         ("metrics", {}, r"'metrics' must not be empty"),
         ("method", "  ", r"'method' must be a non-empty string"),
         ("schema", "mvssl-results/0", r"'schema' must be 'mvssl-results/1'"),
-        ("provenance.git_dirty", "yes", r"'provenance.git_dirty' must be bool or null"),
+        ("provenance.git_dirty", "yes", r"'provenance.git_dirty' must be true, false or null"),
         ("provenance.date", "yesterday", r"'provenance.date' must be an ISO 8601 date"),
-        ("provenance.hardware.threads", 2.5, r"'provenance.hardware.threads' must be int or null"),
+        ("provenance.hardware.threads", 2.5, r"'provenance.hardware.threads' must be a whole number >= 1 or null"),
     ],
 )
 def test_malformed_field_is_named(tmp_path, field, value, message):
