@@ -107,3 +107,55 @@ def crops(xs: object, name: str, min_samples: int = 1) -> list[torch.Tensor]:
     for i, x in enumerate(out[1:], start=1):
         same_shape(out[0], x, f"{name}[0]", f"{name}[{i}]")
     return out
+
+
+def boolean(value: object, name: str) -> bool:
+    """A ``bool`` (Python's or numpy's); strings, numbers and None are refused, not coerced.
+
+    ``bool("no")`` is True: a flag passed as text must fail here, not switch the option on.
+    """
+    if type(value).__module__ == "numpy" and type(value).__name__ in ("bool_", "bool"):  # numpy's True / False
+        return bool(value)
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def fraction(value: object, name: str) -> float:
+    """A finite real number in [0, 1] (a Python number or a one-element tensor), e.g. training progress."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a number in [0, 1], got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a number in [0, 1], got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"{name} must be a finite number in [0, 1], got {value}")
+    return value
+
+
+# F.normalize divides by max(|x|, eps) with eps = 1e-12: a row at or below that norm does not reach the sphere
+_MIN_NORM = 1e-12
+
+
+def nonzero_rows(x: torch.Tensor, name: str) -> torch.Tensor:
+    """Refuse rows of an (N, d) tensor that cannot be L2-normalised (norm 0, or below F.normalize's 1e-12).
+
+    Under the sphere rule a row is a direction; normalising a zero row gives the zero vector, whose
+    cosine with everything is 0, silently "orthogonal" to the batch.
+    """
+    xd = x.detach()
+    if xd.dtype in (torch.float16, torch.bfloat16):
+        xd = xd.float()
+    if xd.numel() == 0:
+        return x
+    norms = torch.linalg.vector_norm(xd, dim=-1)
+    if bool(norms.min() <= _MIN_NORM):
+        bad = (norms <= _MIN_NORM).nonzero().flatten()
+        shown = ", ".join(str(int(i)) for i in bad[:5]) + (", ..." if bad.numel() > 5 else "")
+        raise ValueError(
+            f"{name} has {bad.numel()} row(s) of norm 0 (or <= {_MIN_NORM:g}), rows {shown}: a zero vector has "
+            "no direction to normalise onto the sphere; every row must be non-zero"
+        )
+    return x

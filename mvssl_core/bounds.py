@@ -127,7 +127,10 @@ def infonce_from_embeddings(
         0-dim tensor, the bound in nats (<= log k, k the global batch size).
     """
     z1, z2 = _pair(z1, z2)
+    checks.nonzero_rows(z1, "z1")
+    checks.nonzero_rows(z2, "z2")
     tau = checks.positive(temperature, "temperature")
+    distributed = checks.boolean(distributed, "distributed")
     with _no_autocast(z1):
         q, k = _common(z1, z2)
         q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
@@ -202,6 +205,11 @@ def er_bound(
     """
     z1, z2 = _pair(z1, z2)
     checks.choice(kernel, "kernel", ("vmf", "gaussian"))
+    distributed = checks.boolean(distributed, "distributed")
+    checks.boolean(leave_one_out, "leave_one_out")
+    if kernel == "vmf":  # the sphere rule; vmf_log_likelihood would name z1 "mean"
+        checks.nonzero_rows(z1, "z1")
+        checks.nonzero_rows(z2, "z2")
     if kernel == "gaussian":
         if bandwidth is None:
             raise ValueError("bandwidth must be given (a number > 0) when kernel='gaussian'")
@@ -257,6 +265,8 @@ def er_bound_discrete(
         ERTerms(bound, entropy, reconstruction), 0-dim tensors in nats.
     """
     logits1, logits2 = _pair(logits1, logits2, names=("logits1", "logits2"))
+    symmetric = checks.boolean(symmetric, "symmetric")
+    distributed = checks.boolean(distributed, "distributed")
     tau = checks.positive(temperature, "temperature")
     tau_t = tau if target_temperature is None else checks.positive(target_temperature, "target_temperature")
     # crop pairs (target a, prediction v): "2 from 1" is (1, 0); "1 from 2" is (0, 1)
@@ -313,6 +323,7 @@ def er_bound_discrete_multicrop(
                 f"pairs must be (a, v) with 0 <= a < {len(targets)} and 0 <= v < {len(preds)}, got {p}"
             )
     checks.choice(entropy_branch, "entropy_branch", ("target", "prediction"))
+    distributed = checks.boolean(distributed, "distributed")
     if entropy_branch == "prediction" and max(a for a, _ in pairs) >= len(preds):
         raise ValueError("entropy_branch='prediction' needs logits[a] for every target crop a of the pairs")
     tau = checks.positive(temperature, "temperature")
@@ -408,6 +419,7 @@ def uniformity(z: torch.Tensor, t: float = 2.0, distributed: bool = False) -> to
     """
     z = checks.embeddings(z, "z", min_samples=2)
     t = checks.positive(t, "t")
+    distributed = checks.boolean(distributed, "distributed")
     with _no_autocast(z):
         q = _upcast(z)
         keys = dist.gather(q) if distributed else q

@@ -65,7 +65,10 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1, distri
     z1 = checks.embeddings(z1, "z1", min_samples=2)  # N >= 2: at least one negative pair
     z2 = checks.embeddings(z2, "z2", min_samples=2)
     checks.same_shape(z1, z2, "z1", "z2")
+    checks.nonzero_rows(z1, "z1")  # the sphere rule: a zero row has no direction
+    checks.nonzero_rows(z2, "z2")
     tau = checks.positive(temperature, "temperature")
+    distributed = checks.boolean(distributed, "distributed")
     with _no_autocast(z1):
         a, b = _upcast(z1), _upcast(z2)
         dtype = torch.promote_types(a.dtype, b.dtype)
@@ -110,6 +113,9 @@ def byol_loss(prediction: torch.Tensor, target: torch.Tensor, distributed: bool 
     prediction = checks.embeddings(prediction, "prediction", min_samples=1)
     target = checks.embeddings(target, "target", min_samples=1)
     checks.same_shape(prediction, target, "prediction", "target")
+    checks.nonzero_rows(prediction, "prediction")  # a cosine needs two directions
+    checks.nonzero_rows(target, "target")
+    distributed = checks.boolean(distributed, "distributed")
     with _no_autocast(prediction):
         p, z = _upcast(prediction), _upcast(target)
         dtype = torch.promote_types(p.dtype, z.dtype)
@@ -168,6 +174,7 @@ def dino_loss(
         raise ValueError(f"center must have K = {student[0].shape[1]} entries, got {center.shape[1]}")
     tau_s = checks.positive(student_temperature, "student_temperature")
     tau_t = checks.positive(teacher_temperature, "teacher_temperature")
+    distributed = checks.boolean(distributed, "distributed")
     with _no_autocast(student[0]):
         log_p_s = [torch.log_softmax(_upcast(s) / tau_s, dim=1) for s in student]
         p_t = [torch.softmax((_upcast(t.detach()) - center.to(_upcast(t).dtype)) / tau_t, dim=1) for t in teacher]
@@ -197,14 +204,15 @@ class DINOCenter(nn.Module):
     def __init__(self, dim: int, momentum: float = 0.9) -> None:
         super().__init__()
         checks.positive_int(dim, "dim")
-        if not 0.0 <= float(momentum) < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        self.momentum = float(momentum)
+        self.momentum = checks.fraction(momentum, "momentum")
+        if self.momentum == 1.0:
+            raise ValueError("momentum must be in [0, 1), got 1.0 (the centre would never move)")
         self.register_buffer("center", torch.zeros(1, dim))
 
     @torch.no_grad()
     def update_(self, teacher: list[torch.Tensor], distributed: bool = False) -> None:
         """Move the centre towards the batch mean of ``teacher`` (list of (N, K) teacher logits)."""
+        distributed = checks.boolean(distributed, "distributed")
         rows = torch.cat([_upcast(t.detach()) for t in _logit_list(teacher, "teacher")])
         batch_sum = dist.all_reduce_sum(rows.sum(dim=0, keepdim=True)) if distributed else rows.sum(0, keepdim=True)
         count = dist.global_count(rows.shape[0], rows.device) if distributed else rows.shape[0]
@@ -228,12 +236,9 @@ def teacher_temperature(progress: float, start: float = 0.04, end: float = 0.07,
     Returns:
         The teacher temperature, a float.
     """
-    p = float(progress)
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"progress must be in [0, 1], got {p}")
+    p = checks.fraction(progress, "progress")
     start, end = checks.positive(start, "start"), checks.positive(end, "end")
-    if not 0.0 <= float(warmup) <= 1.0:
-        raise ValueError(f"warmup must be in [0, 1], got {warmup}")
+    warmup = checks.fraction(warmup, "warmup")
     if p >= warmup:
         return end
     return start + (end - start) * p / warmup
@@ -268,6 +273,7 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, n_iters: int = 3, dist
     scores = checks.embeddings(scores, "scores", min_samples=1)
     eps = checks.positive(epsilon, "epsilon")
     checks.positive_int(n_iters, "n_iters")
+    distributed = checks.boolean(distributed, "distributed")
     with _no_autocast(scores):
         log_q = _upcast(scores).detach() / eps  # (N, K)
         n, k = log_q.shape
@@ -310,7 +316,12 @@ def swav_loss(
     checks.same_shape(scores[0], codes[0], "scores[0]", "codes[0]")
     if len(scores) < 2 or len(codes) > len(scores):
         raise ValueError(f"need at least 2 crops and no more codes than crops, got {len(scores)} and {len(codes)}")
+    for a, q in enumerate(codes):
+        # rounding an exact probability vector to the codes' dtype moves its sum by about eps / 2 per entry
+        atol = max(1e-4, 4 * torch.finfo(q.dtype).eps)
+        checks.probabilities(q, f"codes[{a}]", atol=atol)
     tau = checks.positive(temperature, "temperature")
+    distributed = checks.boolean(distributed, "distributed")
     with _no_autocast(scores[0]):
         log_p = [torch.log_softmax(_upcast(s) / tau, dim=1) for s in scores]
         per_code = []
@@ -401,6 +412,7 @@ def spherical_kmeans(
         ``(centroids, assignments)``: (k, d) unit vectors and (N,) long cluster indices.
     """
     x = checks.embeddings(x, "x", min_samples=1)
+    checks.nonzero_rows(x, "x")  # the sphere rule: a zero row has no direction
     checks.positive_int(k, "k")
     checks.positive_int(n_iters, "n_iters", minimum=0)
     checks.positive_int(chunk_size, "chunk_size")
@@ -447,6 +459,7 @@ def deepcluster_loss(
             f"scores and targets must be lists of equal non-zero length, got {len(scores)}, {len(targets)}"
         )
     tau = checks.positive(temperature, "temperature")
+    distributed = checks.boolean(distributed, "distributed")
     terms = []
     for h, (s, t) in enumerate(zip(scores, targets)):
         s = checks.embeddings(s, f"scores[{h}]", min_samples=1)

@@ -68,6 +68,8 @@ def vmf_log_likelihood(
     z2 = checks.embeddings(z2, "z2", min_samples=1)
     mean = checks.embeddings(mean, "mean", min_samples=1)
     checks.same_shape(z2, mean, "z2", "mean")
+    checks.nonzero_rows(z2, "z2")  # the sphere rule: a zero row has no direction
+    checks.nonzero_rows(mean, "mean")
     kappa = _kappa(kappa)
     checks.choice(reduction, "reduction", _REDUCTIONS)
     d = z2.shape[1]

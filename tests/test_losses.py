@@ -372,3 +372,76 @@ def test_deepcluster_loss_is_cross_entropy():
     assert uniform.item() == pytest.approx(math.log(6), rel=1e-6)
     with pytest.raises(ValueError, match="targets"):
         losses.deepcluster_loss([torch.zeros(4, 6)], [torch.tensor([0, 1, 2, 6])])
+
+
+# ----------------------------------------------------------------------------- bad input (issue 15)
+
+
+def test_swav_loss_refuses_codes_that_are_not_probability_vectors():
+    # codes of -5 x N(0, 1) gave a "cross-entropy" of -15 (a negative cross-entropy); unnormalised
+    # rows scaled the loss; both are now refused, naming the crop
+    scores = [_randn(8, 5, seed=1), _randn(8, 5, seed=2)]
+    codes = losses.sinkhorn(_randn(8, 5, seed=3))
+    assert losses.swav_loss(scores, [codes]).item() > 0
+    with pytest.raises(ValueError, match=r"codes\[0\] rows must be probability vectors: found negative entries"):
+        losses.swav_loss(scores, [-5 * _randn(8, 5, seed=4)])
+    with pytest.raises(ValueError, match=r"codes\[1\] rows must be probability vectors summing to 1"):
+        losses.swav_loss(scores, [codes, 2 * codes])
+    # float16 codes that are probability vectors up to float16 rounding are accepted
+    assert torch.isfinite(losses.swav_loss([s.float() for s in scores], [codes.half()]))
+
+
+def test_teacher_temperature_refuses_progress_and_warmup_that_are_not_fractions():
+    for bad, error in [
+        ("0.5", TypeError),
+        (True, TypeError),
+        (None, TypeError),
+        (float("nan"), ValueError),
+        (-0.1, ValueError),
+    ]:
+        with pytest.raises(error, match="progress must be a"):
+            losses.teacher_temperature(bad)
+    with pytest.raises(TypeError, match="warmup must be a number in"):
+        losses.teacher_temperature(0.5, warmup="0.1")  # was a TypeError comparing float with str
+    with pytest.raises(TypeError, match="momentum must be a number in"):
+        losses.DINOCenter(4, momentum="0.9")
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\)"):
+        losses.DINOCenter(4, momentum=1.0)
+
+
+Z8 = _randn(8, 4, seed=5, dtype=torch.float32)
+ZERO_ROW = Z8.clone().index_fill_(0, torch.tensor([3]), 0.0)
+S8 = _randn(8, 5, seed=6, dtype=torch.float32)
+FLAG_CALLS = {
+    "nt_xent": lambda v: losses.nt_xent(Z8, Z8 + 1, distributed=v),
+    "byol_loss": lambda v: losses.byol_loss(Z8, Z8 + 1, distributed=v),
+    "dino_loss": lambda v: losses.dino_loss([S8, S8 + 1], [S8], torch.zeros(5), distributed=v),
+    "DINOCenter.update_": lambda v: losses.DINOCenter(5).update_([S8], distributed=v),
+    "sinkhorn": lambda v: losses.sinkhorn(S8, distributed=v),
+    "swav_loss": lambda v: losses.swav_loss([S8, S8 + 1], [torch.softmax(S8, dim=1)], distributed=v),
+    "deepcluster_loss": lambda v: losses.deepcluster_loss([S8], [torch.arange(8) % 5], distributed=v),
+}
+
+
+@pytest.mark.parametrize("value", ["no", "False", 0, None])
+@pytest.mark.parametrize("name", list(FLAG_CALLS))
+def test_flags_are_not_coerced_from_text_or_numbers(name, value):
+    # bool("no") is True: distributed="no" used to switch the global-batch path on, silently
+    with pytest.raises(TypeError, match=f"distributed must be True or False, got {value!r}"):
+        FLAG_CALLS[name](value)
+
+
+@pytest.mark.parametrize(
+    "call,name",
+    [
+        (lambda: losses.nt_xent(ZERO_ROW, Z8), "z1"),
+        (lambda: losses.nt_xent(Z8, ZERO_ROW), "z2"),
+        (lambda: losses.byol_loss(ZERO_ROW, Z8), "prediction"),
+        (lambda: losses.byol_loss(Z8, ZERO_ROW), "target"),
+        (lambda: losses.spherical_kmeans(ZERO_ROW, 2), "x"),
+    ],
+)
+def test_sphere_losses_refuse_zero_rows(call, name):
+    # a zero row was normalised to 0, "orthogonal" to everything (cosine 0: a BYOL loss of 2)
+    with pytest.raises(ValueError, match=rf"^{name} has 1 row\(s\) of norm 0 .*rows 3"):
+        call()

@@ -193,6 +193,35 @@ def test_methods_reject_bad_views():
         _build("deepcluster", dataset_size=4)
 
 
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_every_method_refuses_progress_outside_0_1(name):
+    # progress is the fraction of training done: four methods ran forward(progress=2.0) off their
+    # schedules (DINO's teacher temperature refused it, with a message about teacher_temperature)
+    method = _build(name)
+    n_local = 2 if name in MULTICROP else 0
+    views = _views(_images(N, 5), seed=0, n_local=n_local)
+    for bad, error in [(2.0, ValueError), (-0.5, ValueError), (float("nan"), ValueError), ("0.5", TypeError)]:
+        with pytest.raises(error, match=r"^progress must be a (finite )?number in \[0, 1\], got "):
+            method(views, bad, indices=torch.arange(N))
+        with pytest.raises(error, match=r"^progress must be a (finite )?number in \[0, 1\]"):
+            method.after_optimizer_step(bad)
+    out = method(views, 1, indices=torch.arange(N))  # an int 0 or 1 is a number in [0, 1]
+    assert torch.isfinite(out.loss)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_method_flags_and_fractions_are_not_coerced(name):
+    # bool("no") is True: distributed="no" built a method that gathered over processes
+    with pytest.raises(TypeError, match="^distributed must be True or False, got 'no'"):
+        _build(name, distributed="no")
+    fractions = {"byol": "base_momentum", "dino": "freeze_last_layer", "swav": "queue_start"}
+    if name in fractions:
+        with pytest.raises(TypeError, match=f"^{fractions[name]} must be a number in"):
+            _build(name, **{fractions[name]: "0.5"})
+        with pytest.raises(ValueError, match=f"^{fractions[name]} must be a finite number in"):
+            _build(name, **{fractions[name]: 1.5})
+
+
 def test_deepcluster_clusters_each_epoch_and_targets_its_assignments():
     method = _build("deepcluster")
     assert not method.clustered

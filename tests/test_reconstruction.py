@@ -136,6 +136,11 @@ _P = torch.softmax(_Z, dim=1)
         (lambda: rec.discrete_log_likelihood(_P * 1.1, _Z), ValueError, "target_probs"),
         (lambda: rec.discrete_log_likelihood(_P, _Z[:, :2]), ValueError, "target_probs and logits"),
         (lambda: rec.discrete_log_likelihood(_P, _Z.masked_fill(_Z > 0, float("inf"))), ValueError, "logits"),
+        # the sphere rule: a zero row has no direction (it was normalised to 0: log q = log C_d, "orthogonal")
+        (lambda: rec.vmf_log_likelihood(_Z.clone().index_fill_(0, torch.tensor([2]), 0.0), _Z), ValueError,
+         r"^z2 has 1 row\(s\) of norm 0 .*rows 2"),
+        (lambda: rec.vmf_log_likelihood(_Z, torch.zeros_like(_Z)), ValueError, r"^mean has 4 row\(s\) of norm 0"),
+        (lambda: rec.vmf_log_likelihood(_Z, 1e-13 * _Z), ValueError, r"^mean has 4 row\(s\) of norm 0 \(or <= 1e-12\)"),
     ],
 )
 def test_bad_input(call, error, match):

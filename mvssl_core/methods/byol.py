@@ -16,7 +16,16 @@ from mvssl_core import bounds, entropy
 from mvssl_core.ema import cosine_momentum, ema_update_, frozen_copy
 from mvssl_core.heads import BYOL_PREDICTOR, BYOL_PROJECTOR, MLPSpec, as_spec, build_mlp
 from mvssl_core.losses import byol_loss
-from mvssl_core.methods.step import ER_TERMS, StepOutput, check_views, forward_crops, projection_metrics, er_loss, report
+from mvssl_core.methods.step import (
+    ER_TERMS,
+    StepOutput,
+    check_progress,
+    check_views,
+    er_loss,
+    forward_crops,
+    projection_metrics,
+    report,
+)
 
 __all__ = ["BYOL"]
 
@@ -77,19 +86,20 @@ class BYOL(nn.Module):
         self.projector = build_mlp(feature_dim, projector)
         self.predictor = nn.Identity() if predictor is None else build_mlp(projector.out, predictor)
         self.teacher = nn.ModuleDict({"backbone": frozen_copy(backbone), "projector": frozen_copy(self.projector)})
-        cosine_momentum(0.0, base_momentum, final_momentum)  # validates both
-        self.base_momentum, self.final_momentum = float(base_momentum), float(final_momentum)
-        self.er = bool(er)
+        self.base_momentum = checks.fraction(base_momentum, "base_momentum")
+        self.final_momentum = checks.fraction(final_momentum, "final_momentum")
+        self.er = checks.boolean(er, "er")
         self.er_terms = checks.choice(er_terms, "er_terms", ER_TERMS)
         self.kappa = checks.positive(kappa, "kappa")
         self.entropy_branch = checks.choice(entropy_branch, "entropy_branch", ("online", "target"))
         self.monitor_kappa = checks.positive(monitor_kappa, "monitor_kappa")
-        self.distributed = bool(distributed)
+        self.distributed = checks.boolean(distributed, "distributed")
 
     def forward(
         self, views: list[torch.Tensor], progress: float = 0.0, indices: torch.Tensor | None = None
     ) -> StepOutput:
         views = check_views(views, 2)
+        progress = check_progress(progress)
         z = self.projector(forward_crops(self.backbone, views[:2]))
         p1, p2 = self.predictor(z).chunk(2)
         z1, z2 = z.chunk(2)
@@ -124,6 +134,7 @@ class BYOL(nn.Module):
     @torch.no_grad()
     def after_optimizer_step(self, progress: float) -> None:
         """Move the target network towards the online network (after a real optimizer step)."""
+        progress = check_progress(progress)
         m = self.momentum(progress)
         ema_update_(self.teacher["backbone"], self.backbone, m)
         ema_update_(self.teacher["projector"], self.projector, m)

@@ -30,6 +30,7 @@ from mvssl_core.methods.step import (
     er_loss,
     StepOutput,
     assignment_metrics,
+    check_progress,
     check_views,
     forward_crops,
     projection_metrics,
@@ -124,16 +125,16 @@ class DeepCluster(nn.Module):
         self.n_global = checks.positive_int(n_global, "n_global", minimum=1)
         self.temperature = checks.positive(temperature, "temperature")
         self.kmeans_iters = checks.positive_int(kmeans_iters, "kmeans_iters", minimum=0)
-        self.seed = int(seed)
-        self.er = bool(er)
+        self.seed = checks.positive_int(seed, "seed", minimum=0)
+        self.er = checks.boolean(er, "er")
         self.er_terms = checks.choice(er_terms, "er_terms", ER_TERMS)
         self.target_temperature = (
             None if target_temperature is None else checks.positive(target_temperature, "target_temperature")
         )
-        self.freeze_prototypes = bool(freeze_prototypes)
-        self.prefill = bool(prefill)
+        self.freeze_prototypes = checks.boolean(freeze_prototypes, "freeze_prototypes")
+        self.prefill = checks.boolean(prefill, "prefill")
         self.monitor_kappa = checks.positive(monitor_kappa, "monitor_kappa")
-        self.distributed = bool(distributed)
+        self.distributed = checks.boolean(distributed, "distributed")
         self.register_buffer("memory", torch.zeros(self.n_global, dataset_size, projector.out))
         self.register_buffer("seen", torch.zeros(dataset_size, dtype=torch.bool))
         self.register_buffer(
@@ -165,6 +166,7 @@ class DeepCluster(nn.Module):
         self, views: list[torch.Tensor], progress: float = 0.0, indices: torch.Tensor | None = None
     ) -> StepOutput:
         views = check_views(views, max(2, self.n_global))
+        progress = check_progress(progress)
         if indices is None:
             raise ValueError("DeepCluster needs the samples' data-set indices: pass indices=(N,) long tensor")
         if (
@@ -233,3 +235,4 @@ class DeepCluster(nn.Module):
 
     def after_optimizer_step(self, progress: float) -> None:
         """Nothing to do: the bank is written during the step, the clustering at :meth:`start_epoch`."""
+        check_progress(progress)

@@ -21,6 +21,7 @@ from mvssl_core.methods.step import (
     er_loss,
     StepOutput,
     assignment_metrics,
+    check_progress,
     check_views,
     forward_crops,
     projection_metrics,
@@ -100,20 +101,21 @@ class DINO(nn.Module):
         self.student_temperature = checks.positive(student_temperature, "student_temperature")
         self.teacher_schedule = (teacher_temperature_start, teacher_temperature_end, teacher_temperature_warmup)
         teacher_temperature(0.0, *self.teacher_schedule)  # validates
-        self.er = bool(er)
+        self.er = checks.boolean(er, "er")
         self.er_terms = checks.choice(er_terms, "er_terms", ER_TERMS)
-        self.centering = (not self.er) if centering is None else bool(centering)
-        cosine_momentum(0.0, base_momentum, final_momentum)  # validates
-        self.base_momentum, self.final_momentum = float(base_momentum), float(final_momentum)
-        self.freeze_last_layer = float(freeze_last_layer)
+        self.centering = (not self.er) if centering is None else checks.boolean(centering, "centering")
+        self.base_momentum = checks.fraction(base_momentum, "base_momentum")
+        self.final_momentum = checks.fraction(final_momentum, "final_momentum")
+        self.freeze_last_layer = checks.fraction(freeze_last_layer, "freeze_last_layer")
         self.entropy_branch = checks.choice(entropy_branch, "entropy_branch", ("student", "teacher"))
         self.monitor_kappa = checks.positive(monitor_kappa, "monitor_kappa")
-        self.distributed = bool(distributed)
+        self.distributed = checks.boolean(distributed, "distributed")
 
     def forward(
         self, views: list[torch.Tensor], progress: float = 0.0, indices: torch.Tensor | None = None
     ) -> StepOutput:
         views = check_views(views, max(2, self.n_global))
+        progress = check_progress(progress)
         n_crops, g = len(views), self.n_global
         z, logits = self.head(forward_crops(self.backbone, views), freeze_last_layer=progress < self.freeze_last_layer)
         student = list(logits.chunk(n_crops))
@@ -155,6 +157,7 @@ class DINO(nn.Module):
     @torch.no_grad()
     def after_optimizer_step(self, progress: float) -> None:
         """Move the teacher towards the student (after a real optimizer step)."""
+        progress = check_progress(progress)
         m = self.momentum(progress)
         ema_update_(self.teacher["backbone"], self.backbone, m)
         ema_update_(self.teacher["head"], self.head, m)

@@ -15,7 +15,16 @@ from mvssl_core import _checks as checks
 from mvssl_core import bounds
 from mvssl_core.heads import SIMCLR_PROJECTOR, MLPSpec, build_mlp
 from mvssl_core.losses import nt_xent
-from mvssl_core.methods.step import ER_TERMS, StepOutput, check_views, forward_crops, projection_metrics, er_loss, report
+from mvssl_core.methods.step import (
+    ER_TERMS,
+    StepOutput,
+    check_progress,
+    check_views,
+    er_loss,
+    forward_crops,
+    projection_metrics,
+    report,
+)
 
 __all__ = ["SimCLR"]
 
@@ -62,17 +71,18 @@ class SimCLR(nn.Module):
         self.backbone = backbone
         self.projector = build_mlp(feature_dim, projector)
         self.temperature = checks.positive(temperature, "temperature")
-        self.er = bool(er)
+        self.er = checks.boolean(er, "er")
         self.er_terms = checks.choice(er_terms, "er_terms", ER_TERMS)
         self.kappa = checks.positive(kappa, "kappa")
         self.estimator = checks.choice(estimator, "estimator", ("joe", "plugin"))
         self.monitor_kappa = checks.positive(monitor_kappa, "monitor_kappa")
-        self.distributed = bool(distributed)
+        self.distributed = checks.boolean(distributed, "distributed")
 
     def forward(
         self, views: list[torch.Tensor], progress: float = 0.0, indices: torch.Tensor | None = None
     ) -> StepOutput:
         views = check_views(views, 2)
+        progress = check_progress(progress)
         z1, z2 = self.projector(forward_crops(self.backbone, views[:2])).chunk(2)
         extra = {}
         if self.er:
@@ -91,6 +101,7 @@ class SimCLR(nn.Module):
 
     def after_optimizer_step(self, progress: float) -> None:
         """Nothing to do: SimCLR has no teacher."""
+        check_progress(progress)
 
     def start_epoch(self, epoch: int) -> None:
         """Nothing to do: SimCLR keeps no per-epoch state."""

@@ -18,9 +18,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mvssl_core import _checks as checks
 from mvssl_core import bounds, dist
 
-__all__ = ["StepOutput", "forward_crops", "check_views", "projection_metrics", "assignment_metrics", "report"]
+__all__ = [
+    "StepOutput",
+    "forward_crops",
+    "check_views",
+    "check_progress",
+    "projection_metrics",
+    "assignment_metrics",
+    "report",
+]
 
 
 class StepOutput(NamedTuple):
@@ -52,6 +61,15 @@ def check_views(views: object, minimum: int) -> list[torch.Tensor]:
         if v.shape[0] != n:
             raise ValueError(f"every view must have the same batch size, views[0] has {n} and views[{i}] {v.shape[0]}")
     return list(views)
+
+
+def check_progress(progress: object) -> float:
+    """The fraction of training done, a finite number in [0, 1] (every method's forward and EMA step).
+
+    The schedules read it (DINO's teacher temperature, the EMA momentum, SwAV's queue start and
+    prototype freezing): a progress of 2.0 or "0.5" must fail here, not run a step off the schedule.
+    """
+    return checks.fraction(progress, "progress")
 
 
 def forward_crops(network: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:

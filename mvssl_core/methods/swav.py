@@ -22,6 +22,7 @@ from mvssl_core.methods.step import (
     er_loss,
     StepOutput,
     assignment_metrics,
+    check_progress,
     check_views,
     forward_crops,
     projection_metrics,
@@ -99,20 +100,21 @@ class SwAV(nn.Module):
         checks.positive_int(queue_length, "queue_length", minimum=0)
         per_process = queue_length // (dist.world_size() if distributed else 1)
         self.queue = SwAVQueue(self.n_global, per_process, projector.out) if per_process > 0 else None
-        self.queue_start = float(queue_start)
-        self.freeze_prototypes = float(freeze_prototypes)
-        self.er = bool(er)
+        self.queue_start = checks.fraction(queue_start, "queue_start")
+        self.freeze_prototypes = checks.fraction(freeze_prototypes, "freeze_prototypes")
+        self.er = checks.boolean(er, "er")
         self.er_terms = checks.choice(er_terms, "er_terms", ER_TERMS)
         self.target_temperature = (
             None if target_temperature is None else checks.positive(target_temperature, "target_temperature")
         )
         self.monitor_kappa = checks.positive(monitor_kappa, "monitor_kappa")
-        self.distributed = bool(distributed)
+        self.distributed = checks.boolean(distributed, "distributed")
 
     def forward(
         self, views: list[torch.Tensor], progress: float = 0.0, indices: torch.Tensor | None = None
     ) -> StepOutput:
         views = check_views(views, max(2, self.n_global))
+        progress = check_progress(progress)
         n_crops, g = len(views), self.n_global
         self.prototypes.normalize_()
         z = F.normalize(self.projector(forward_crops(self.backbone, views)), dim=1)
@@ -152,6 +154,7 @@ class SwAV(nn.Module):
 
     def after_optimizer_step(self, progress: float) -> None:
         """Nothing to do: the prototypes are re-normalised at the start of the next step."""
+        check_progress(progress)
 
     def start_epoch(self, epoch: int) -> None:
         """Nothing to do: the queue schedule follows ``progress``."""
