@@ -14,7 +14,9 @@ Evaluate a checkpoint's encoder (kNN and linear probe on frozen features)::
 
 The linear-evaluation protocol on a finished run (100 epochs of SGD on a linear head over the frozen
 encoder's features of augmented images; top-1 and top-5 written into the run's results file, and into
-its ``results_file`` when the run has one; one process or all of them under torchrun)::
+its ``results_file`` when the run has one and that file is absent or holds this run's record, or into the
+``--set results_file=PATH`` named; one process or all of them under torchrun; the run folder is locked
+against a second writer meanwhile)::
 
     python -m mvssl_core linear-eval runs/byol_er [--set data.root=/data/imagenet] [--epochs 100]
 
@@ -119,11 +121,13 @@ def _pretrain(args: argparse.Namespace, command: str) -> int:
     if args.resume:
         # the checkpoint's configuration is the base; the flags may only change what does not alter the result
         probe_cfg = load_config(args.config, overrides)
-        ckpt = probe_cfg.run_dir() / train_mod.CHECKPOINT_NAME
+        run = train_mod.run_folder(probe_cfg)
+        ckpt = run / train_mod.CHECKPOINT_NAME
         if not ckpt.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}; pass the run's --out, or start without --resume")
         base = to_dict(train_mod.checkpoint_config(train_mod.load_checkpoint(ckpt), str(ckpt)))
-        base["out"] = str(probe_cfg.run_dir())
+        base["out"] = str(run)
+        _stored_results_file(base.get("results_file"), _names_results_file(args.config, overrides), ckpt)
     elif args.method is None and args.config is None and not any(o.startswith("method=") for o in args.overrides):
         raise ConfigError("choose a method: --method NAME (e.g. --method simclr), or a --config file that sets one")
     cfg = load_config(args.config, overrides, base=base)
@@ -139,12 +143,33 @@ def _pretrain(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
+def _names_results_file(config: str | None, overrides: list[str]) -> bool:
+    """Whether the command line (its config file or a --set) names a results_file."""
+    from mvssl_core.config import parse_override, read_yaml
+
+    return (any(parse_override(o)[0] == ["results_file"] for o in overrides)
+            or (config is not None and "results_file" in read_yaml(config)))
+
+
+def _stored_results_file(stored: str | None, given: bool, ckpt: object) -> None:
+    """Refuse a relative ``results_file`` from a checkpoint that the command line does not replace: it was relative
+    to the folder the run was started from, which is unknown now (new runs store an absolute path)."""
+    from pathlib import Path
+
+    if not given and stored is not None and not Path(stored).is_absolute():
+        raise ConfigError(f"{ckpt} stores the relative results_file {stored!r} (relative to the folder the run was "
+                          "started from); name it on the command line: --set results_file=PATH, or "
+                          "--set results_file=null")
+
+
 def _evaluate(args: argparse.Namespace, command: str) -> int:
     import torch
 
-    from mvssl_core import results
+    from pathlib import Path
+
+    from mvssl_core import results, runlock
     from mvssl_core.config import apply_overrides
-    from mvssl_core.train import Runtime, checkpoint_config, evaluate_run, load_checkpoint, run_record
+    from mvssl_core.train import CHECKPOINT_NAME, Runtime, checkpoint_config, evaluate_run, load_checkpoint, run_record
 
     state = load_checkpoint(args.checkpoint)
     values = to_dict(checkpoint_config(state, args.checkpoint))
@@ -164,7 +189,9 @@ def _evaluate(args: argparse.Namespace, command: str) -> int:
     if args.results:
         metrics = {"checkpoint": str(args.checkpoint), "step": int(state["step"]), "final": final}
         record = run_record(cfg, metrics, command)
-        results.write_results(args.results, record)
+        folder = Path(args.results).parent  # a run folder's file: written under its lock
+        with runlock.hold(folder if (folder / CHECKPOINT_NAME).is_file() else None, command):
+            results.write_results(args.results, record)
     return 0
 
 
@@ -183,6 +210,19 @@ def _load_backbone(state: dict, cfg: RunConfig, source: object):
 
 
 def _linear_eval(args: argparse.Namespace, command: str) -> int:
+    """The linear-evaluation protocol, holding the run folder's lock (rank 0) from start to end."""
+    import os
+    from pathlib import Path
+
+    from mvssl_core import runlock
+
+    run = Path(args.run)
+    holder = run if run.is_dir() and int(os.environ.get("RANK", "0")) == 0 else None
+    with runlock.hold(holder, command):
+        return _linear_eval_locked(args, command)
+
+
+def _linear_eval_locked(args: argparse.Namespace, command: str) -> int:
     from pathlib import Path
 
     import torch
@@ -212,6 +252,7 @@ def _linear_eval(args: argparse.Namespace, command: str) -> int:
     state = load_checkpoint(ckpt)
     values = to_dict(checkpoint_config(state, str(ckpt)))
     cfg = validate(from_dict(RunConfig, apply_overrides(values, [*args.overrides, f"device={args.device}"])))
+    results_file = _linear_eval_results_file(cfg, values.get("results_file"), args.overrides, ckpt, res_path)
     protocol = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr))
                 if v is not None}
     rt = _init_runtime(cfg)
@@ -241,10 +282,34 @@ def _linear_eval(args: argparse.Namespace, command: str) -> int:
     record = results.load_results(res_path)
     record["metrics"]["linear_eval"] = {**out, "data_root": cfg.data.root, "provenance": results.provenance(command)}
     results.write_results(res_path, record)
-    if cfg.results_file is not None:
-        results.write_results(cfg.results_file, record)
+    if results_file is not None:
+        results.write_results(results_file, record)
     print(json.dumps({"run": str(run), "top1": out["top1"], "top5": out["top5"]}))
     return 0
+
+
+def _linear_eval_results_file(cfg: RunConfig, stored: str | None, overrides: list[str], ckpt: object,
+                              res_path: object) -> str | None:
+    """Where linear-eval writes besides the run's own results: a ``results_file`` named on the command line
+    (resolved from the working directory), else the run's stored one if absolute and, when it exists, a copy
+    of this run's record (never another run's file)."""
+    from pathlib import Path
+
+    from mvssl_core import results
+
+    given = _names_results_file(None, overrides)
+    if cfg.results_file is None:
+        return None
+    if given:
+        return str(Path(cfg.results_file).resolve())
+    _stored_results_file(stored, False, ckpt)
+    target = Path(cfg.results_file)
+    if target.exists() and results.load_results(target).get("config") != results.load_results(res_path).get("config"):
+        raise results.ResultsError(
+            f"the results_file {target} stored in {ckpt} holds another run's record (its config differs from "
+            f"{res_path}); not overwriting it: --set results_file=PATH names another file, --set results_file=null "
+            "writes none")
+    return str(target)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,9 +7,18 @@
   :class:`~mvssl_core.methods.StepOutput` metrics (loss, entropy, reconstruction, collapse_std,
   effective_rank, discrete terms, ...), the online probe's loss and accuracy, and the step time;
 - ``checkpoint.pt``: written atomically (temporary file + ``os.replace``) every
-  ``checkpoint_every`` steps and at the end; loaded with ``torch.load(weights_only=True)``;
+  ``checkpoint_every`` steps and at the end; loaded with ``torch.load(weights_only=True)``; it holds a
+  sha256 of its content (every tensor's bytes, every key and value), checked on load: a flipped bit is a
+  :class:`CheckpointError`, not a silently different run (checkpoints of the older format
+  ``mvssl-checkpoint/1``, without a hash, load with a warning);
 - ``results.json`` (:mod:`mvssl_core.results`): method, config, data, seed, provenance, the metrics
-  over time and the final kNN / linear-probe accuracy (also written to ``cfg.results_file`` when set).
+  over time and the final kNN / linear-probe accuracy (also written to ``cfg.results_file`` when set,
+  resolved to an absolute path when the run starts, so that a later ``--resume`` or ``linear-eval`` run
+  from another folder writes the same file).
+
+One writer per run folder: the process that writes (rank 0) holds an OS lock on ``<run>/.run.lock``
+(:mod:`mvssl_core.runlock`) for the whole run; a second ``pretrain`` or ``linear-eval`` on the folder is
+refused at once, naming the holder's pid. The kernel releases the lock when its process ends, however.
 
 Distributed runs. Under ``torchrun`` (``WORLD_SIZE > 1``) the process group is initialised with
 NCCL on GPU and gloo on CPU, the method is built with ``distributed=True`` (its coupled losses and
@@ -28,10 +37,14 @@ Exact resume. The position in the data is a function of the step (epoch = step /
 the batch inside it = step % steps per epoch) and the learning rate is a function of the step, so
 the checkpoint holds the step, the method's whole state (parameters and buffers: EMA teacher, DINO
 centre, SwAV queue, DeepCluster memory bank and assignments), the optimizer state, the online
-probe and its optimizer, and the RNG states (torch, CUDA, numpy, python) as tensors. The
-configuration is stored as a JSON string. On ``resume`` the metrics log is cut back to the
-checkpoint's step, so a killed-and-resumed run ends with the same parameters and log as an
-uninterrupted one.
+probe and its optimizer, the RNG states (torch, CUDA, numpy, python) as tensors, and the steps of the
+metrics log's lines so far. The configuration is stored as a JSON string. On ``resume`` the metrics log is
+checked (each line a JSON object with an integer step; its steps exactly those the checkpoint lists; the
+same check on the whole log before ``results.json`` is written) and cut back to the checkpoint's step, so a
+killed-and-resumed run ends with the same parameters and log as an uninterrupted one. The DataLoader draws
+its workers' seed from its own generator, so the global torch RNG at step k of a resumed run is that of the
+uninterrupted run (what a method with dropout would draw from); CUDA RNG states are restored for the
+devices that exist.
 
 Gradient accumulation: the loss of each of the ``accumulate`` micro-batches is divided by
 ``accumulate``; DDP synchronises only on the last one; the optimizer steps and the method's
@@ -50,6 +63,7 @@ jitter is slow with many threads); ``num_workers >= 1`` keeps augmentation off t
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -59,7 +73,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +84,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from mvssl_core import dist, results
+from mvssl_core import dist, results, runlock
 from mvssl_core.atomic import atomic_write
 from mvssl_core.backbones import build_backbone
 from mvssl_core.config import ConfigError, RunConfig, from_dict, save_config, to_dict, validate
@@ -87,9 +101,11 @@ __all__ = [
     "build_eval_sets",
     "evaluate_run",
     "CheckpointError",
+    "MetricsLogError",
     "GlobalBatchSampler",
     "load_checkpoint",
     "save_checkpoint",
+    "run_folder",
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_NAME",
     "METRICS_NAME",
@@ -99,7 +115,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "mvssl-checkpoint/1"
+CHECKPOINT_FORMAT = "mvssl-checkpoint/2"  # /2: a sha256 of the content ("sha256"), checked on load
+_UNHASHED_FORMAT = "mvssl-checkpoint/1"  # written before content hashes: loaded with a warning
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
 RESULTS_NAME = "results.json"
@@ -114,6 +131,10 @@ _RESUMABLE_CHANGES = {"num_workers", "progress", "log_every", "checkpoint_every"
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or is not a checkpoint of this trainer."""
+
+
+class MetricsLogError(CheckpointError):
+    """A run folder's ``metrics.jsonl`` is malformed, or its steps are not those its checkpoint expects."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -353,7 +374,10 @@ def _rng_state() -> dict:
 def _set_rng_state(state: dict) -> None:
     torch.random.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # one state per device visible when saved; a resume may see fewer devices (or others): restore
+        # those that exist (set_rng_state_all would raise IndexError on the first device missing)
+        for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
     pos, has_gauss = state["numpy_pos"].tolist()
     np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss,
                          float(state["numpy_gauss"][0])))
@@ -370,11 +394,47 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     atomic_write(path, lambda f: torch.save(obj, f), binary=True)
 
 
+def _feed(h: Any, obj: Any) -> None:
+    """Feed ``obj`` (tensors, dicts, lists, tuples, scalars, strings) to the hash ``h``, with types and shapes."""
+    if isinstance(obj, torch.Tensor):
+        flat = obj.detach().cpu().contiguous().reshape(-1)
+        h.update(f"T{flat.dtype}{tuple(obj.shape)}:".encode())
+        h.update(flat.view(torch.uint8).numpy())
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}:".encode())
+        for key in sorted(obj, key=lambda k: (type(k).__name__, repr(k))):  # optimizer states mix int and str keys
+            _feed(h, key)
+            _feed(h, obj[key])
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{'L' if isinstance(obj, list) else 'U'}{len(obj)}:".encode())
+        for item in obj:
+            _feed(h, item)
+    else:  # None, bool, int, float (repr round-trips exactly), str, torch.dtype
+        h.update(f"{type(obj).__name__}:{obj!r};".encode("utf-8", "surrogatepass"))
+
+
+def _content_hash(state: dict) -> dict[str, str]:
+    """sha256 of each entry of a checkpoint but ``sha256`` (the bytes of every tensor, every key and value)."""
+    out = {}
+    for key, value in state.items():
+        if key != "sha256":
+            h = hashlib.sha256()
+            _feed(h, value)
+            out[str(key)] = h.hexdigest()
+    return out
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
-    """Write a checkpoint atomically: a reader sees the old file or the new one, never half of one."""
+    """Write a checkpoint atomically: a reader sees the old file or the new one, never half of one.
+
+    The file holds ``state`` with ``format`` and ``sha256``, the hash of each entry's content that
+    :func:`load_checkpoint` checks (a flipped bit inside a weight is an error, not a silently different run).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_torch_save({"format": CHECKPOINT_FORMAT, **state}, path)
+    payload = {"format": CHECKPOINT_FORMAT, **{k: v for k, v in state.items() if k not in ("format", "sha256")}}
+    payload["sha256"] = _content_hash(payload)
+    _atomic_torch_save(payload, path)
     return path
 
 
@@ -382,28 +442,52 @@ _CHECKPOINT_KEYS = ("format", "config", "step", "model", "optimizer", "rng")
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a checkpoint with ``torch.load(weights_only=True)`` on the CPU.
+    """Read a checkpoint with ``torch.load(weights_only=True)`` on the CPU and check its content hash.
+
+    A checkpoint of format ``mvssl-checkpoint/1`` (written before content hashes) is loaded unverified, with
+    a warning; the run's next checkpoint carries a hash.
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        CheckpointError: the file is truncated, corrupted, or not a checkpoint of this trainer
-            (the message names the file).
+        CheckpointError: the file is empty, truncated, corrupted (its content does not match its hash), or not
+            a checkpoint of this trainer (the message names the file).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    restore = "delete it to start over, or restore it from a copy"
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); {restore}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # zip errors, unpickling errors, truncated files: all mean "unreadable"
+        first = (str(e).splitlines() or [""])[0][:200]
         raise CheckpointError(
-            f"checkpoint {path} is unreadable or corrupted ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-            "delete it to start over, or restore it from a copy"
+            f"checkpoint {path} is unreadable or corrupted ({type(e).__name__}{': ' + first if first else ''}); "
+            f"{restore}"
         ) from e
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(state, dict) or state.get("format") not in (CHECKPOINT_FORMAT, _UNHASHED_FORMAT):
         raise CheckpointError(f"{path} is not an mvssl checkpoint (expected format {CHECKPOINT_FORMAT!r})")
     missing = [k for k in _CHECKPOINT_KEYS if k not in state]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks the fields {missing}")
+    if state["format"] == _UNHASHED_FORMAT:
+        warnings.warn(f"checkpoint {path} has no content hash (format {_UNHASHED_FORMAT!r}): loaded unverified",
+                      stacklevel=2)
+    else:
+        stored = state.get("sha256")
+        if not isinstance(stored, dict):
+            raise CheckpointError(f"checkpoint {path} is corrupted: its content hash (field 'sha256') is missing; "
+                                  f"{restore}")
+        actual = _content_hash(state)
+        bad = sorted(k for k in set(actual) | set(stored) if actual.get(k) != stored.get(k))
+        if bad:
+            raise CheckpointError(
+                f"checkpoint {path} is corrupted: the content of {', '.join(repr(k) for k in bad)} does not match "
+                f"its sha256 (edited or damaged); {restore}")
+    step = state["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"checkpoint {path}: field 'step' must be an integer >= 0, got {step!r}")
     return state
 
 
@@ -416,9 +500,44 @@ def checkpoint_config(state: dict, source: str = "checkpoint") -> RunConfig:
     return validate(from_dict(RunConfig, values))
 
 
+def run_folder(cfg: RunConfig) -> Path:
+    """The run's folder, ``cfg.run_dir()``; an empty ``out`` (which would mean the working directory) is refused."""
+    if cfg.out is not None and not cfg.out.strip():
+        raise ConfigError("config key 'out' is empty, which would write the run into the working directory; "
+                          "name the run's folder (e.g. --out runs/my_run), or leave it out for "
+                          "runs/<method>-<data>-s<seed>")
+    return cfg.run_dir()
+
+
+def _flat(values: Any, where: str = "") -> dict[str, Any]:
+    if isinstance(values, dict):
+        out: dict[str, Any] = {}
+        for k, v in values.items():
+            out.update(_flat(v, f"{where}{k}."))
+        return out
+    return {where.rstrip("."): values}
+
+
+def _check_config_file(path: Path, saved: RunConfig, ckpt_path: Path) -> None:
+    """On resume, ``config.yaml`` must describe the checkpoint's run: an edit there would change nothing (the run
+    keeps its checkpoint's configuration), and another run's file means two runs wrote this folder."""
+    if not path.is_file():
+        return
+    from mvssl_core.config import read_yaml
+
+    mine, theirs = _flat(read_yaml(path)), _flat(to_dict(saved))
+    changed = sorted(k for k in set(mine) & set(theirs)  # keys added or removed by a library upgrade: not compared
+                     if mine[k] != theirs[k] and k.split(".")[0] not in _RESUMABLE_CHANGES)
+    if changed:
+        raise ConfigError(
+            f"{path} differs from the configuration in {ckpt_path} at {changed}: the run resumes with its "
+            "checkpoint's configuration and rewrites config.yaml (a changed setting needs a new run in another "
+            "folder); restore or delete config.yaml to resume")
+
+
 def _remove_stale_temporaries(folder: Path) -> None:
     """Remove temporary files left by a process killed during an atomic write."""
-    for name in (CHECKPOINT_NAME, RESULTS_NAME, CONFIG_NAME):
+    for name in (CHECKPOINT_NAME, RESULTS_NAME, CONFIG_NAME, METRICS_NAME, runlock.OWNER_NAME):
         for tmp in folder.glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)
 
@@ -441,18 +560,64 @@ def _finite_or_none(x: Any) -> Any:
 
 
 def _read_log(path: Path, upto_step: int | None = None) -> list[dict]:
-    """The log's complete lines (a line cut by a crash is dropped), optionally up to a step."""
+    """The log's lines, optionally up to a step; a last line cut by a crash (no newline at its end) is dropped.
+
+    Raises:
+        MetricsLogError: a line is not a JSON object with an integer ``step`` >= 1 (names the file and line).
+    """
     rows = []
     if not path.is_file():
         return rows
-    for line in path.read_text(encoding="utf-8").splitlines():
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise MetricsLogError(f"{path}: cannot read the metrics log ({e})") from e
+    lines = text.split("\n")
+    if lines[-1]:  # the last write was cut by a crash: that line never counted
+        log.warning("%s: dropping the incomplete last line (a write cut by a crash)", path)
+    for number, line in enumerate(lines[:-1], start=1):
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if upto_step is None or row.get("step", 0) <= upto_step:
+            row = json.loads(line, parse_constant=_refuse_constant)
+        except ValueError as e:  # JSONDecodeError, or NaN / Infinity (the loop writes non-finite values as null)
+            raise MetricsLogError(f"{path} line {number}: not valid JSON ({getattr(e, 'msg', e)}); the log was "
+                                  "edited or damaged, restore it or start the run over") from None
+        step = row.get("step") if isinstance(row, dict) else None
+        if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+            got = f"'step' {step!r}" if isinstance(row, dict) else repr(row)[:80]
+            raise MetricsLogError(f"{path} line {number}: expected a JSON object with an integer 'step' >= 1, got "
+                                  f"{got}; the log was edited or damaged, restore it or start the run over")
+        if upto_step is None or step <= upto_step:
             rows.append(row)
     return rows
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _logged_steps(start: int, end: int, log_every: int, total: int) -> list[int]:
+    """The steps in (start, end] that the loop logs: every ``log_every`` steps and the last one."""
+    return [s for s in range(start + 1, end + 1) if s % log_every == 0 or s == total]
+
+
+def _check_log_steps(path: Path, rows: list[dict], expected: list[int], when: str) -> None:
+    """Refuse a log whose steps are not exactly ``expected`` (a lost, duplicated or foreign line)."""
+    steps = [row["step"] for row in rows]
+    if steps == expected:
+        return
+    missing = sorted(set(expected) - set(steps))
+    extra = sorted(set(steps) - set(expected))
+    repeated = sorted({s for s in steps if steps.count(s) > 1})
+    what = "; ".join(f"{name} {values[:10]}{' ...' if len(values) > 10 else ''}" for name, values in
+                     (("missing steps", missing), ("unexpected steps", extra), ("repeated steps", repeated)) if values)
+    raise MetricsLogError(f"{path}: {when}, the log must hold steps {_span(expected)}; {what or 'out of order'}; "
+                          "the log was edited, damaged, or written by another process: restore it or start over")
+
+
+def _span(steps: list[int]) -> str:
+    if len(steps) <= 6:
+        return str(steps)
+    return f"[{steps[0]}, {steps[1]}, ..., {steps[-1]}] ({len(steps)} lines)"
 
 
 def _rewrite_log(path: Path, rows: list[dict]) -> None:
@@ -551,9 +716,11 @@ def train(cfg: RunConfig, *, resume: bool = False, stop_after: int | None = None
         command: the command line recorded in the results' provenance.
     """
     validate(cfg)
+    run_dir = run_folder(cfg)
     rt = _init_runtime(cfg)
     try:
-        return _train(cfg, rt, resume=resume, stop_after=stop_after, command=command)
+        with runlock.hold(run_dir if rt.rank == 0 else None, command):  # one writer per run folder
+            return _train(cfg, rt, resume=resume, stop_after=stop_after, command=command)
     finally:
         if rt.owns_group and torch_dist.is_initialized():
             torch_dist.destroy_process_group()
@@ -561,8 +728,10 @@ def train(cfg: RunConfig, *, resume: bool = False, stop_after: int | None = None
 
 def _train(cfg: RunConfig, rt: Runtime, *, resume: bool, stop_after: int | None, command: str | None) -> dict | None:
     main = rt.rank == 0
-    run_dir = cfg.run_dir()
+    run_dir = run_folder(cfg)
     ckpt_path, log_path = run_dir / CHECKPOINT_NAME, run_dir / METRICS_NAME
+    if cfg.results_file is not None:  # stored absolute: a later --resume or linear-eval elsewhere writes the same file
+        cfg = replace(cfg, results_file=str(Path(cfg.results_file).resolve()))
 
     state = None
     if resume:
@@ -576,6 +745,7 @@ def _train(cfg: RunConfig, rt: Runtime, *, resume: bool, stop_after: int | None,
                 f"--resume: the configuration differs from the one in {ckpt_path} at {changed}; "
                 "resume with the same configuration (or start a new run in another folder)"
             )
+        _check_config_file(run_dir / CONFIG_NAME, saved, ckpt_path)
     elif ckpt_path.exists():
         raise FileExistsError(f"{run_dir} already holds a checkpoint; pass --resume to continue it, or choose another out folder")
 
@@ -619,13 +789,24 @@ def _train(cfg: RunConfig, rt: Runtime, *, resume: bool, stop_after: int | None,
             probe.load_state_dict(state["probe"])
             probe_opt.load_state_dict(state["probe_optimizer"])
         step = int(state["step"])
+        if step > total:
+            raise CheckpointError(
+                f"checkpoint {ckpt_path}: step {step} is beyond this run's last step {total}; the checkpoint was "
+                "edited or belongs to another run: restore it or start over")
         _set_rng_state(state["rng"])
         log.info("resuming %s from %s at step %d of %d", cfg.method, ckpt_path, step, total)
+        logged = state.get("logged_steps")  # the steps of the log's lines up to the checkpoint (older: from the rule)
+        logged = logged.tolist() if isinstance(logged, torch.Tensor) else _logged_steps(0, step, saved.log_every, total)
         if main:
-            _rewrite_log(log_path, _read_log(log_path, upto_step=step))
+            rows = _read_log(log_path, upto_step=step)
+            _check_log_steps(log_path, rows, logged, f"to resume {ckpt_path} at step {step}")
+            _rewrite_log(log_path, rows)
         del state
-    elif main and log_path.exists():
-        log_path.unlink()
+    else:
+        logged = []
+        if main and log_path.exists():
+            log_path.unlink()
+    resumed_at = step
 
     model: nn.Module = method
     if rt.distributed:
@@ -651,11 +832,17 @@ def _train(cfg: RunConfig, rt: Runtime, *, resume: bool, stop_after: int | None,
             "probe": probe.state_dict() if probe is not None else {},
             "probe_optimizer": probe_opt.state_dict() if probe_opt is not None else {},
             "rng": _rng_state(),
+            "logged_steps": torch.tensor(logged + _logged_steps(resumed_at, step, cfg.log_every, total),
+                                         dtype=torch.int64),
         })
 
     def _loader(batch_sampler) -> DataLoader:
+        # the workers' base seed comes from its own generator, not the global one: a loader made at a mid-epoch
+        # resume would otherwise draw once more than the uninterrupted run (the views are seeded per item)
+        seed = item_seed(cfg.seed, getattr(batch_sampler, "epoch", 0), -2)
         return DataLoader(dataset if gpu_pipeline else _WithIndex(dataset), batch_sampler=batch_sampler,
-                          collate_fn=collate_bytes if isinstance(dataset, JpegBytes) else None, **loader_kw)
+                          collate_fn=collate_bytes if isinstance(dataset, JpegBytes) else None,
+                          generator=torch.Generator().manual_seed(seed), **loader_kw)
 
     def _on_device(batch, step: int, micro: int) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         views, labels, indices = batch
@@ -747,7 +934,8 @@ def _train(cfg: RunConfig, rt: Runtime, *, resume: bool, stop_after: int | None,
     if not main:
         return None
     final = evaluate_run(cfg, method.backbone, rt)
-    return _write_results(cfg, run_dir, final, total, command)
+    return _write_results(cfg, run_dir, final, total, command,
+                          expected_steps=logged + _logged_steps(resumed_at, total, cfg.log_every, total))
 
 
 def _fill_batches(n: int, per_rank: int, world_size: int, rank: int) -> list[list[int]]:
@@ -803,8 +991,11 @@ def run_record(cfg: RunConfig, metrics: dict, command: str | None) -> dict:
     }
 
 
-def _write_results(cfg: RunConfig, run_dir: Path, final: dict, total: int, command: str | None) -> dict:
+def _write_results(cfg: RunConfig, run_dir: Path, final: dict, total: int, command: str | None,
+                   expected_steps: list[int] | None = None) -> dict:
     rows = _read_log(run_dir / METRICS_NAME)
+    if expected_steps is not None:  # a lost or repeated line must not reach results.json
+        _check_log_steps(run_dir / METRICS_NAME, rows, expected_steps, f"at the end of the run ({total} steps)")
     keys: list[str] = []
     for row in rows:
         keys += [k for k in row if k not in keys]
