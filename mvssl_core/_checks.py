@@ -159,3 +159,42 @@ def nonzero_rows(x: torch.Tensor, name: str) -> torch.Tensor:
             "no direction to normalise onto the sphere; every row must be non-zero"
         )
     return x
+
+
+def real(value: object, name: str) -> float:
+    """A finite real number (a Python number or a one-element tensor); bools, strings and None are refused."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    return value
+
+
+def nonnegative(value: object, name: str) -> float:
+    """A finite real number >= 0 (a Python number or a one-element tensor)."""
+    value = real(value, name)
+    if value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return value
+
+
+def batch(x: object, name: str, features: int | None = None) -> torch.Tensor:
+    """A floating ``(N, features)`` tensor with ``N >= 1``, checked by type and shape only.
+
+    For the forward of a module, called every step: the values are not read (no device sync), so NaN or
+    inf entries propagate to the output as in torch (the trainer's divergence check catches them).
+    """
+    x = tensor(x, name)
+    if x.dim() != 2:
+        what = "(N, d)" if features is None else f"(N, {features})"
+        raise ValueError(f"{name} must have shape {what}, got a tensor of shape {tuple(x.shape)}")
+    if x.shape[0] < 1:
+        raise ValueError(f"{name} must have at least one sample (row), got shape {tuple(x.shape)}")
+    if features is not None and x.shape[1] != features:
+        raise ValueError(f"{name} must have {features} features (columns), got shape {tuple(x.shape)}")
+    return x

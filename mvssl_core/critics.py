@@ -26,16 +26,29 @@ __all__ = ["Bilinear", "SeparableCritic", "ConcatCritic", "GaussianQ"]
 
 
 class Bilinear(nn.Module):
-    """f(a_i, b_j) = a_i^T W b_j for all pairs, W (dim, dim) learned, initialised to ``scale`` x identity [1]."""
+    """f(a_i, b_j) = a_i^T W b_j for all pairs, W (dim, dim) learned, initialised to ``scale`` x identity [1].
+
+    ``scale`` is a finite number >= 0.
+    """
 
     def __init__(self, dim: int, scale: float = 0.1) -> None:
         super().__init__()
         checks.positive_int(dim, "dim")
+        scale = checks.nonnegative(scale, "scale")
         self.W = nn.Parameter(torch.eye(dim) * scale)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Scores (k, k) of a (k, dim) against b (k, dim)."""
+        """Scores (k, k) of a (k, dim) against b (k, dim); checked by shape only (NaN or inf entries propagate)."""
+        dim = self.W.shape[0]
+        checks.batch(a, "a", dim)
+        checks.batch(b, "b", dim)
         return a @ self.W @ b.T
+
+
+def _inputs(x: object, y: object, dim: int) -> None:
+    """x and y, each a floating (k, dim) batch; type and shape only, so NaN or inf entries propagate."""
+    checks.batch(x, "x", dim)
+    checks.batch(y, "y", dim)
 
 
 class SeparableCritic(nn.Module):
@@ -48,12 +61,14 @@ class SeparableCritic(nn.Module):
 
     def __init__(self, dim: int, spec: MLPSpec) -> None:
         super().__init__()
+        self.dim = checks.positive_int(dim, "dim")
         spec = as_spec(spec, MLPSpec)
         self.g = build_mlp(dim, spec)
         self.h = build_mlp(dim, spec)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Scores (k, k) of x (k, dim) against y (k, dim)."""
+        _inputs(x, y, self.dim)
         return self.g(x) @ self.h(y).T
 
 
@@ -70,6 +85,7 @@ class ConcatCritic(nn.Module):
 
     def __init__(self, dim: int, spec: MLPSpec) -> None:
         super().__init__()
+        self.dim = checks.positive_int(dim, "dim")
         spec = as_spec(spec, MLPSpec)
         checks.positive_int(spec.layers, "spec.layers", minimum=2)
         if spec.out != 1:
@@ -84,6 +100,7 @@ class ConcatCritic(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Scores (k, k) of x (k, dim) against y (k, dim)."""
+        _inputs(x, y, self.dim)
         a = self.first_x(x)[:, None, :] + self.first_y(y)[None, :, :]  # (k, k, hidden)
         return self.rest(self.act(a)).squeeze(-1)
 
@@ -102,7 +119,9 @@ class GaussianQ(nn.Module):
 
     def __init__(self, dim: int, spec: MLPSpec, momentum: float) -> None:
         super().__init__()
-        if not 0.0 <= momentum < 1.0:
+        checks.positive_int(dim, "dim")
+        momentum = checks.fraction(momentum, "momentum")
+        if momentum == 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         self.mu = build_mlp(dim, as_spec(spec, MLPSpec))
         self.momentum = momentum

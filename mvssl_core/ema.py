@@ -18,11 +18,20 @@ import math
 import torch
 from torch import nn
 
+from mvssl_core import _checks as checks
+
 __all__ = ["frozen_copy", "ema_update_", "cosine_momentum"]
+
+
+def _module(value: object, name: str) -> nn.Module:
+    if not isinstance(value, nn.Module):
+        raise TypeError(f"{name} must be an nn.Module, got {type(value).__name__}")
+    return value
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:
     """A deep copy of ``module`` whose parameters take no gradient (the teacher's initial state)."""
+    _module(module, "module")
     teacher = copy.deepcopy(module)
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -40,11 +49,12 @@ def ema_update_(teacher: nn.Module, student: nn.Module, momentum: float) -> None
     Args:
         teacher: the EMA copy (same architecture as ``student``).
         student: the network trained by gradient descent.
-        momentum: m in [0, 1]; 1 leaves the teacher unchanged, 0 copies the student.
+        momentum: m in [0, 1] (a number, not a string or a bool); 1 leaves the teacher unchanged, 0 copies
+            the student.
     """
-    m = float(momentum)
-    if not 0.0 <= m <= 1.0:
-        raise ValueError(f"momentum must be in [0, 1], got {m}")
+    _module(teacher, "teacher")
+    _module(student, "student")
+    m = checks.fraction(momentum, "momentum")
     t_params, s_params = list(teacher.parameters()), list(student.parameters())
     if len(t_params) != len(s_params):
         raise ValueError(f"teacher and student must have the same parameters, got {len(t_params)} and {len(s_params)}")
@@ -69,10 +79,7 @@ def cosine_momentum(progress: float, base: float = 0.996, final: float = 1.0) ->
     Returns:
         The momentum, a float in [base, final].
     """
-    p = float(progress)
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"progress must be in [0, 1], got {p}")
-    for name, value in (("base", base), ("final", final)):
-        if not 0.0 <= float(value) <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {value}")
+    p = checks.fraction(progress, "progress")
+    base = checks.fraction(base, "base")
+    final = checks.fraction(final, "final")
     return final - (final - base) * (math.cos(math.pi * p) + 1.0) / 2.0

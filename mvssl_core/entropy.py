@@ -69,7 +69,16 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def auto_chunk_size(n_queries: int, n_keys: int, dtype: torch.dtype = torch.float32) -> int:
-    """Rows per chunk so that a (chunk, n_keys) block takes about ``AUTO_CHUNK_BYTES``."""
+    """Rows per chunk so that a (chunk, n_keys) block takes about ``AUTO_CHUNK_BYTES``.
+
+    Args:
+        n_queries, n_keys: ints >= 1, the rows and columns of the score matrix.
+        dtype: a ``torch.dtype``, that of the scores.
+    """
+    _checks.positive_int(n_queries, "n_queries")
+    _checks.positive_int(n_keys, "n_keys")
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype, got {dtype!r} ({type(dtype).__name__})")
     itemsize = torch.empty((), dtype=dtype).element_size()
     return max(1, min(n_queries, AUTO_CHUNK_BYTES // (n_keys * itemsize)))
 

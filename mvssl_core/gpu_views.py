@@ -51,6 +51,7 @@ from torchvision.ops import roi_align
 from torchvision.transforms import v2
 from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv  # torchvision's own hue maths
 
+from mvssl_core import _checks
 from mvssl_core.data import ImageFolder
 from mvssl_core.views import MultiView, item_seed
 
@@ -341,7 +342,14 @@ def augment(x: torch.Tensor, spec: ViewSpec, generator: torch.Generator | None =
 
 
 def batch_generator(device: str | torch.device, seed: int, step: int, micro: int = 0, rank: int = 0) -> torch.Generator:
-    """A generator on ``device`` for the views of one micro-batch, seeded from (seed, step, micro, rank)."""
+    """A generator on ``device`` for the views of one micro-batch, seeded from (seed, step, micro, rank).
+
+    ``step`` and ``micro`` are ints >= 0, ``rank`` an int in [0, 2**20) (micro and rank share one index).
+    """
+    _checks.positive_int(step, "step", minimum=0)
+    _checks.positive_int(micro, "micro", minimum=0)
+    if _checks.positive_int(rank, "rank", minimum=0) >= 1 << 20:
+        raise ValueError(f"rank must be an int < 2**20, got {rank}")
     return torch.Generator(device).manual_seed(item_seed(seed, step, (micro << 20) + rank))
 
 

@@ -70,6 +70,8 @@ class MLPSpec:
         checks.positive_int(self.hidden, "hidden")
         checks.positive_int(self.out, "out")
         checks.positive_int(self.layers, "layers")
+        checks.boolean(self.bn, "bn")
+        checks.boolean(self.last_bn, "last_bn")
         checks.choice(self.activation, "activation", tuple(_ACTIVATIONS))
 
 
@@ -98,7 +100,9 @@ class DINOHeadSpec:
     def __post_init__(self) -> None:
         for name in ("hidden", "bottleneck", "out", "layers"):
             checks.positive_int(getattr(self, name), name)
+        checks.boolean(self.bn, "bn")
         checks.choice(self.activation, "activation", tuple(_ACTIVATIONS))
+        checks.boolean(self.norm_last_layer, "norm_last_layer")
 
 
 @dataclass(frozen=True)
@@ -158,26 +162,51 @@ own k-means on the memory bank, recomputed every epoch."""
 _Spec = TypeVar("_Spec", MLPSpec, DINOHeadSpec, PrototypeSpec)
 
 
-def as_spec(value: Any, cls: type[_Spec], name: str = "spec") -> _Spec:
-    """Accept a spec of type ``cls`` or a dict of its fields (as read from a config file)."""
+def as_spec(value: Any, cls: type[_Spec], name: str | None = None) -> _Spec:
+    """Accept a spec of type ``cls`` or a dict of its fields (as read from a config file).
+
+    Args:
+        value: the spec, or a dict of its fields.
+        cls: the spec's class.
+        name: the argument's name as the caller knows it (e.g. ``"projector"``), named by every error:
+            a bad field of a dict is reported as ``"projector: hidden must be an int >= 1, got 0"``.
+            Without it, errors say ``spec`` and a bad field is reported by the field's name alone.
+
+    Raises:
+        TypeError / ValueError: ``value`` is neither, has unknown or missing fields, or a bad field.
+    """
     if isinstance(value, cls):
         return value
+    arg = "spec" if name is None else name
     if isinstance(value, dict):
-        unknown = set(value) - {f.name for f in dataclasses.fields(cls)}
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(value) - set(fields)
         if unknown:
-            raise ValueError(f"{name} has unknown fields {sorted(unknown)} for {cls.__name__}")
-        return cls(**value)
-    raise TypeError(f"{name} must be a {cls.__name__} or a dict of its fields, got {type(value).__name__}")
+            raise ValueError(f"{arg} has unknown fields {sorted(unknown)} for {cls.__name__}")
+        missing = [n for n, f in fields.items() if n not in value
+                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise ValueError(f"{arg} is missing the fields {missing} of {cls.__name__}")
+        try:
+            return cls(**value)
+        except (TypeError, ValueError) as e:
+            if name is None:
+                raise
+            raise type(e)(f"{name}: {e}") from None
+    raise TypeError(f"{arg} must be a {cls.__name__} or a dict of its fields, got {type(value).__name__}")
 
 
-def build_mlp(in_dim: int, spec: MLPSpec) -> nn.Sequential:
+def build_mlp(in_dim: int, spec: MLPSpec, name: str | None = None) -> nn.Sequential:
     """The MLP described by ``spec``, taking ``in_dim`` features.
+
+    ``name`` is the spec's argument name as the caller knows it (e.g. ``"projector"``): errors in a dict
+    ``spec`` are prefixed with it (see :func:`as_spec`).
 
     Example:
         >>> head = build_mlp(512, SIMCLR_PROJECTOR)  # 512 -> 2048 -> 128
     """
     checks.positive_int(in_dim, "in_dim")
-    spec = as_spec(spec, MLPSpec)
+    spec = as_spec(spec, MLPSpec, name)
     act = _ACTIVATIONS[spec.activation]
     layers: list[nn.Module] = []
     dim = in_dim
@@ -207,21 +236,32 @@ class WeightNormLinear(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, learn_gain: bool = False) -> None:
         super().__init__()
+        checks.positive_int(in_dim, "in_dim")
+        checks.positive_int(out_dim, "out_dim")
+        checks.boolean(learn_gain, "learn_gain")
         self.weight = nn.Parameter(torch.empty(out_dim, in_dim))
         nn.init.trunc_normal_(self.weight, std=0.02)
         self.gain = nn.Parameter(torch.ones(out_dim), requires_grad=learn_gain)
 
     def forward(self, x: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+        """Outputs (N, out_dim) of ``x`` (N, in_dim); NaN or inf entries propagate (values are not read)."""
+        checks.batch(x, "x", self.weight.shape[1])
         v, g = (_no_grad(self.weight), _no_grad(self.gain)) if frozen else (self.weight, self.gain)
         return F.linear(x, F.normalize(v, dim=1) * g[:, None])
 
 
 class DINOHead(nn.Module):
-    """DINO's projection head; returns the normalised bottleneck and the K logits."""
+    """DINO's projection head; returns the normalised bottleneck and the K logits.
 
-    def __init__(self, in_dim: int, spec: DINOHeadSpec = DINO_HEAD) -> None:
+    ``name`` is the spec's argument name as the caller knows it (e.g. ``"head"``), prefixed to the errors
+    of a dict ``spec`` (see :func:`as_spec`).
+    """
+
+    def __init__(self, in_dim: int, spec: DINOHeadSpec = DINO_HEAD, name: str | None = None) -> None:
         super().__init__()
-        spec = as_spec(spec, DINOHeadSpec)
+        checks.positive_int(in_dim, "in_dim")
+        spec = as_spec(spec, DINOHeadSpec, name)
+        self.in_dim = in_dim
         self.spec = spec
         mlp = MLPSpec(spec.hidden, spec.bottleneck, spec.layers, bn=spec.bn, activation=spec.activation)
         self.mlp = build_mlp(in_dim, mlp)
@@ -233,7 +273,11 @@ class DINOHead(nn.Module):
         self.last_layer = WeightNormLinear(spec.bottleneck, spec.out, learn_gain=not spec.norm_last_layer)
 
     def forward(self, x: torch.Tensor, freeze_last_layer: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns ``(z, logits)``: z (N, bottleneck) L2-normalised, logits (N, K)."""
+        """Returns ``(z, logits)`` of ``x`` (N, in_dim): z (N, bottleneck) L2-normalised, logits (N, K).
+
+        ``x`` is checked by type and shape only: NaN or inf entries propagate to the outputs.
+        """
+        checks.batch(x, "x", self.in_dim)
         z = F.normalize(self.mlp(x), dim=-1)
         return z, self.last_layer(z, frozen=freeze_last_layer)
 
@@ -246,9 +290,11 @@ class Prototypes(nn.Module):
     scores are cosine similarities in [-1, 1].
     """
 
-    def __init__(self, dim: int, spec: PrototypeSpec = SWAV_PROTOTYPES) -> None:
+    def __init__(self, dim: int, spec: PrototypeSpec = SWAV_PROTOTYPES, name: str | None = None) -> None:
         super().__init__()
-        spec = as_spec(spec, PrototypeSpec)
+        checks.positive_int(dim, "dim")
+        spec = as_spec(spec, PrototypeSpec, name)
+        self.dim = dim
         self.spec = spec
         self.heads = nn.ModuleList(nn.Linear(dim, spec.n_prototypes, bias=False) for _ in range(spec.heads))
         self.normalize_()
@@ -260,5 +306,9 @@ class Prototypes(nn.Module):
             head.weight.copy_(F.normalize(head.weight, dim=1))
 
     def forward(self, z: torch.Tensor, frozen: bool = False) -> list[torch.Tensor]:
-        """Scores (N, K) of ``z`` (N, dim) for each set; ``frozen`` stops the prototypes' gradient."""
+        """Scores (N, K) of ``z`` (N, dim) for each set; ``frozen`` stops the prototypes' gradient.
+
+        ``z`` is checked by type and shape only: NaN or inf entries propagate to the scores.
+        """
+        checks.batch(z, "z", self.dim)
         return [F.linear(z, _no_grad(head.weight) if frozen else head.weight) for head in self.heads]

@@ -130,7 +130,12 @@ def byol_loss(prediction: torch.Tensor, target: torch.Tensor, distributed: bool 
 
 
 def _logit_list(xs: object, name: str) -> list[torch.Tensor]:
-    return checks.crops([xs] if isinstance(xs, torch.Tensor) else xs, name)
+    """A list of (N, K) tensors, one per crop; a bare tensor is refused (is it one crop, or stacked crops?)."""
+    if isinstance(xs, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a list of (N, K) tensors, one per crop, got a single tensor of shape {tuple(xs.shape)}"
+        )
+    return checks.crops(xs, name)
 
 
 def dino_loss(
@@ -265,7 +270,8 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, n_iters: int = 3, dist
         scores: (N, K) prototype scores (cosine similarities in [3]); no gradient flows.
         epsilon: entropic regularisation > 0 (0.05 in [3]).
         n_iters: number of (column, row) normalisation rounds, >= 1.
-        distributed: the rows of all processes form one problem of B = global N rows.
+        distributed: the rows of all processes form one problem of B = global N rows, B >= 2 (one row
+            alone gets the uniform code whatever its scores).
 
     Returns:
         (N, K) codes, rows summing to 1 (this process's rows).
@@ -278,6 +284,11 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, n_iters: int = 3, dist
         log_q = _upcast(scores).detach() / eps  # (N, K)
         n, k = log_q.shape
         total = dist.global_count(n, log_q.device) if distributed else n
+        if total < 2:
+            raise ValueError(
+                f"scores needs at least 2 rows (samples) in the global batch: the equipartition of one row "
+                f"is the uniform code whatever its scores, got {total}"
+            )
         for _ in range(n_iters):
             # columns (prototypes): each sums to 1 / K
             col = torch.logsumexp(log_q, dim=0, keepdim=True)  # (1, K), this process's rows
@@ -315,7 +326,10 @@ def swav_loss(
     codes = _logit_list(codes, "codes")
     checks.same_shape(scores[0], codes[0], "scores[0]", "codes[0]")
     if len(scores) < 2 or len(codes) > len(scores):
-        raise ValueError(f"need at least 2 crops and no more codes than crops, got {len(scores)} and {len(codes)}")
+        raise ValueError(
+            f"scores must hold at least 2 crops and codes no more crops than scores, "
+            f"got {len(scores)} scores and {len(codes)} codes"
+        )
     for a, q in enumerate(codes):
         # rounding an exact probability vector to the codes' dtype moves its sum by about eps / 2 per entry
         atol = max(1e-4, 4 * torch.finfo(q.dtype).eps)
@@ -417,7 +431,7 @@ def spherical_kmeans(
     checks.positive_int(n_iters, "n_iters", minimum=0)
     checks.positive_int(chunk_size, "chunk_size")
     if k > x.shape[0]:
-        raise ValueError(f"k must be at most the number of rows {x.shape[0]}, got {k}")
+        raise ValueError(f"k must be at most the number of rows of x ({x.shape[0]}), got {k}")
     x = F.normalize(_upcast(x), dim=1)
     start = torch.randperm(x.shape[0], generator=generator)[:k].to(x.device)
     centroids = x[start].clone()
@@ -444,16 +458,17 @@ def deepcluster_loss(
     ``mean_h CE(scores_h / temperature, targets_h)``, one term per prototype set h.
 
     Args:
-        scores: H tensors (M, K_h), scores of the rows under prototype set h.
-        targets: H tensors (M,), long cluster indices in [0, K_h).
+        scores: a list of H tensors (M, K_h), scores of the rows under prototype set h.
+        targets: a list of H tensors (M,), long cluster indices in [0, K_h).
         temperature: tau > 0 (0.1 in [3]).
         distributed: average over the global batch.
 
     Returns:
         0-dim tensor, nats (>= 0).
     """
-    if isinstance(scores, torch.Tensor):
-        scores, targets = [scores], [targets]
+    for name, xs in (("scores", scores), ("targets", targets)):
+        if isinstance(xs, torch.Tensor) or not isinstance(xs, (list, tuple)):
+            raise TypeError(f"{name} must be a list of tensors, one per prototype set, got {type(xs).__name__}")
     if len(scores) != len(targets) or not scores:
         raise ValueError(
             f"scores and targets must be lists of equal non-zero length, got {len(scores)}, {len(targets)}"
@@ -464,9 +479,13 @@ def deepcluster_loss(
     for h, (s, t) in enumerate(zip(scores, targets)):
         s = checks.embeddings(s, f"scores[{h}]", min_samples=1)
         if not isinstance(t, torch.Tensor) or t.dtype != torch.long or t.shape != s.shape[:1]:
-            raise ValueError(f"targets[{h}] must be a long tensor of shape ({s.shape[0]},)")
+            raise ValueError(
+                f"targets[{h}] must be a long tensor of shape ({s.shape[0]},), one per row of scores[{h}]"
+            )
         if bool(((t < 0) | (t >= s.shape[1])).any()):
-            raise ValueError(f"targets[{h}] must hold cluster indices in [0, {s.shape[1]})")
+            raise ValueError(
+                f"targets[{h}] must hold cluster indices in [0, {s.shape[1]}), the columns of scores[{h}]"
+            )
         with _no_autocast(s):
             per_i = F.cross_entropy(_upcast(s) / tau, t, reduction="none")
             terms.append(dist.global_mean(per_i) if distributed else per_i.mean())

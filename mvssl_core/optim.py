@@ -43,8 +43,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or weight_decay < 0:
-        raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
+    weight_decay = _checks.nonnegative(weight_decay, "weight_decay")
     excluded_ids: set[int] = set()
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
@@ -98,12 +97,10 @@ class LARS(torch.optim.Optimizer):
     ) -> None:
         _checks.positive(lr, "lr")
         _checks.positive(trust_coefficient, "trust_coefficient")
-        if not 0.0 <= momentum < 1.0:
+        if _checks.fraction(momentum, "momentum") == 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-        if eps < 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
+        _checks.nonnegative(weight_decay, "weight_decay")
+        _checks.nonnegative(eps, "eps")
         _checks.choice(trust_norm, "trust_norm", ("paper", "update_norm"))
         defaults = dict(
             lr=lr,
@@ -174,6 +171,7 @@ def warmup_cosine(
         base_value: the peak (e.g. base_lr * batch_size / 256).
         final_value: the value at s = T.
         start_value: the value at s = 0.
+        (The three values are finite real numbers; NaN, inf, strings, bools and None are refused.)
 
     Returns:
         The scheduled value (a float).
@@ -183,6 +181,9 @@ def warmup_cosine(
         raise ValueError(f"warmup_steps must be an int in [0, total_steps={total_steps}), got {warmup_steps!r}")
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"step must be an int >= 0, got {step!r}")
+    base_value = _checks.real(base_value, "base_value")
+    final_value = _checks.real(final_value, "final_value")
+    start_value = _checks.real(start_value, "start_value")
     if step < warmup_steps:
         return start_value + (base_value - start_value) * step / warmup_steps
     if step >= total_steps:
@@ -202,7 +203,9 @@ def scaled_lr(base_lr: float, batch_size: int, reference_batch: int = 256) -> fl
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set the learning rate of every group (call before ``optimizer.step()`` with ``warmup_cosine``).
 
-    A group with an ``lr_scale`` key gets ``lr * lr_scale``.
+    A group with an ``lr_scale`` key gets ``lr * lr_scale``. ``lr`` is a finite number >= 0 (0 at the
+    start of a warm-up).
     """
+    lr = _checks.nonnegative(lr, "lr")
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -219,7 +219,12 @@ def _order(nu: object, device: torch.device) -> torch.Tensor:
 def _order_and_argument(nu: object, x: object, x_name: str):
     x64, dtype = _argument(x, x_name)
     nu64 = _order(nu, x64.device)
-    nu64, x64 = torch.broadcast_tensors(nu64, x64)
+    try:
+        nu64, x64 = torch.broadcast_tensors(nu64, x64)
+    except RuntimeError:
+        raise ValueError(
+            f"nu and {x_name} must be broadcastable, got shapes {tuple(nu64.shape)} and {tuple(x64.shape)}"
+        ) from None
     return nu64, x64, dtype
 
 

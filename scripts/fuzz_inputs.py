@@ -44,6 +44,14 @@ Each outcome is one of:
 * ``unclear``: anything else: another exception type (IndexError, RuntimeError from torch
   internals, AttributeError, KeyError...), a clear type whose message does not name the input, a
   traceback on the command line, or a hang past the case's timeout.
+* ``by_design``: one narrow, explicit allow-list, counted in its own column (never as ``clear``, and
+  not a failure under ``--strict``): a ``NaN entry`` or ``inf entry`` tensor passed to the forward of
+  an ``nn.Module`` (a head's, a critic's or a method's: the specs marked ``module_forward``) that is
+  accepted *and whose output holds a NaN or inf*. By issue 15's design a forward checks types and
+  shapes only, with no per-step host-device sync: non-finite values propagate, as in torch, and the
+  trainer's divergence check catches them. If such a call returns a finite output the entry was
+  swallowed: that is ``silent``. A refusal is judged as any other (``clear`` or ``unclear``); every
+  other bad input to a forward (empty, wrong shape or dtype, None...) is judged as usual.
 
 A case whose *valid* call fails is a harness bug, not a finding: it is skipped and printed as a note.
 
@@ -85,7 +93,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 GROUPS = ("functions", "cli", "run_folders", "results_files")
-OUTCOMES = ("clear", "silent", "unclear")
+OUTCOMES = ("clear", "silent", "unclear", "by_design")
+# the only bad values a module's forward may let through (see the docstring: ``by_design``)
+PROPAGATED_LABELS = ("NaN entry", "inf entry")
 CLEAR_TYPES: tuple[type[BaseException], ...] = (
     ValueError, TypeError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
 )
@@ -103,6 +113,7 @@ class Case:
     expect: tuple[str, ...]  # the message must name one of these (case-insensitive)
     timeout: float = 30.0
     quick: bool = True
+    propagates: bool = False  # a NaN / inf entry into a module's forward: ``by_design`` if the output is non-finite
 
 
 @dataclass
@@ -178,8 +189,34 @@ def classify_cli(result: CliResult, expect: tuple[str, ...]) -> tuple[str, str]:
     return "clear", f"exit {result.code}: {line[:150]}"
 
 
-def classify(value: Any = None, exc: BaseException | None = None, expect: tuple[str, ...] = ()) -> tuple[str, str]:
-    """Classify what a case's call did: returned ``value`` or raised ``exc``."""
+def _nonfinite(value: Any) -> bool:
+    """Whether ``value`` (a tensor, a number, or lists / tuples / dicts of them) holds a NaN or inf."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        if not (value.is_floating_point() or value.is_complex()) or value.numel() == 0:
+            return False
+        return not bool(torch.isfinite(value.detach()).all())
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_nonfinite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_nonfinite(v) for v in value)
+    return False
+
+
+def classify(value: Any = None, exc: BaseException | None = None, expect: tuple[str, ...] = (),
+             propagates: bool = False) -> tuple[str, str]:
+    """Classify what a case's call did: returned ``value`` or raised ``exc``.
+
+    ``propagates`` marks a NaN / inf entry into a module's forward: accepted with a non-finite output it is
+    ``by_design``; accepted with a finite output it is ``silent`` (the entry was swallowed).
+    """
+    if exc is None and propagates:
+        if _nonfinite(value):
+            return "by_design", "propagated: the output holds NaN/inf (a forward does not read values)"
+        return "silent", "accepted, and the output is finite: the NaN/inf entry was swallowed"
     if exc is None:
         if isinstance(value, Reported):
             if value.code != 0:
@@ -226,7 +263,7 @@ def run_case(case: Case, tmp_root: str = "") -> Outcome:
         signal.setitimer(signal.ITIMER_REAL, 0)
     if isinstance(exc, SystemExit):
         value, exc = CliResult(int(exc.code or 0) if not isinstance(exc.code, str) else 1, str(exc.code)), None
-    outcome, detail = classify(value, exc, case.expect)
+    outcome, detail = classify(value, exc, case.expect, propagates=case.propagates)
     if tmp_root:
         detail = detail.replace(tmp_root, "<tmp>")
     return Outcome(case.group, case.name, outcome, detail, time.perf_counter() - start)
@@ -310,6 +347,8 @@ def _scalars(kind: str) -> dict[str, Any]:
         "int": {"0": 0, "negative": -1, "2.5": 2.5, "string '3'": "3", "None": None, "True": True, "NaN": nan},
         "intopt": {"0": 0, "negative": -1, "2.5": 2.5, "string '3'": "3", "True": True},
         "nonneg_int": {"negative": -1, "2.5": 2.5, "string '3'": "3", "True": True, "None": None},
+        # an integer of either sign (item_seed's index: -1 and -2 name the sampler's and the workers' streams)
+        "any_int": {"2.5": 2.5, "string '3'": "3", "True": True, "None": None},
         "choice": {"unknown": "nope", "empty string": "", "None": None, "3": 3},
         "progress": {"2.0": 2.0, "negative": -0.5, "NaN": nan, "inf": inf, "string '0.5'": "0.5", "None": None},
         "d": {"0": 0, "negative": -3, "2.5": 2.5, "string '8'": "8", "True": True, "NaN": nan},
@@ -319,7 +358,8 @@ def _scalars(kind: str) -> dict[str, Any]:
         "scale": {"reversed": (0.5, 0.1), "zero low": (0.0, 1.0), "negative": (-0.1, 1.0), "above 1": (0.1, 1.5),
                   "string": "0.1", "None": None, "NaN": (nan, 1.0), "one number": (0.5,)},
         "normalize": {"string": "imagenet", "zero std": ((0.5, 0.5, 0.5), (0.0, 0.0, 0.0)),
-                      "one channel": ((0.5,), (0.5,)), "NaN": ((nan, 0.5, 0.5), (0.2, 0.2, 0.2))},
+                      "mean and std of different lengths": ((0.5, 0.5, 0.5), (0.2,)),
+                      "NaN": ((nan, 0.5, 0.5), (0.2, 0.2, 0.2))},
         "jitter": {"two numbers": (0.4, 0.4), "string": "strong", "negative": (-0.4, 0.4, 0.2, 0.1),
                    "NaN": (nan, 0.4, 0.2, 0.1)},
         "pairs": {"out of range": [(0, 9)], "negative": [(-7, 0)], "string": "ab", "one index": [(0,)], "empty": []},
@@ -334,6 +374,7 @@ class FnSpec:
     good: Callable[[], dict]  # fresh valid keyword arguments
     kinds: dict[str, str]  # argument -> kind of bad values
     post: Callable[[Any, dict], Any] | None = None  # called on the result (e.g. forward a built module)
+    module_forward: bool = False  # the forward of an nn.Module: NaN / inf entries may propagate (``by_design``)
 
 
 def _bad_values(kind: str, good_value: Any) -> dict[str, Any]:
@@ -549,9 +590,9 @@ def _function_specs() -> list[FnSpec]:
         FnSpec("heads.Prototypes", heads.Prototypes, lambda: dict(dim=D, spec=heads.PrototypeSpec(6)),
                dict(dim="int", spec="spec:PrototypeSpec")),
         FnSpec("heads.Prototypes.forward", lambda z: heads.Prototypes(D, heads.PrototypeSpec(6))(z),
-               lambda: dict(z=z()), dict(z="tensor")),
+               lambda: dict(z=z()), dict(z="tensor"), module_forward=True),
         FnSpec("heads.DINOHead.forward", lambda x: heads.DINOHead(D, heads.DINOHeadSpec(16, 8, 12))(x),
-               lambda: dict(x=z()), dict(x="tensor")),
+               lambda: dict(x=z()), dict(x="tensor"), module_forward=True),
         # ema
         FnSpec("ema.frozen_copy", ema.frozen_copy, lambda: dict(module=tiny_model()), dict(module="module")),
         FnSpec("ema.ema_update_", ema.ema_update_,
@@ -603,7 +644,7 @@ def _function_specs() -> list[FnSpec]:
         FnSpec("views.build_views", views.build_views, lambda: dict(name="simclr", size=16),
                dict(name="choice", size="int")),
         FnSpec("views.item_seed", views.item_seed, lambda: dict(seed=0, epoch=1, index=2),
-               dict(seed="nonneg_int", epoch="nonneg_int", index="nonneg_int")),
+               dict(seed="nonneg_int", epoch="nonneg_int", index="any_int")),
         # special
         FnSpec("special.log_iv", special.log_iv, lambda: dict(nu=1.5, x=3.0), dict(nu="nonneg", x="nonneg")),
         FnSpec("special.log_iv[tensor]", special.log_iv, lambda: dict(nu=torch.tensor([0.5, 1.5]), x=torch.tensor([1.0, 2.0])),
@@ -625,7 +666,7 @@ def _function_specs() -> list[FnSpec]:
         FnSpec("critics.GaussianQ", critics.GaussianQ, lambda: dict(dim=D, spec=heads.MLPSpec(16, 8), momentum=0.9),
                dict(dim="int", spec="spec:MLPSpec", momentum="frac")),
         FnSpec("critics.Bilinear.forward", lambda a, b: critics.Bilinear(D)(a, b), lambda: dict(a=z(0), b=z(1)),
-               dict(a="tensor", b="tensor")),
+               dict(a="tensor", b="tensor"), module_forward=True),
     ]
 
     # methods: construction with one bad hyper-parameter, and forward with bad views / progress / indices
@@ -681,7 +722,7 @@ def _function_specs() -> list[FnSpec]:
         kinds = dict(views="tlist", progress="progress")
         if name == "deepcluster":
             kinds["indices"] = "labels"
-        specs.append(FnSpec(f"methods.{name}.forward", forward, good_views, kinds))
+        specs.append(FnSpec(f"methods.{name}.forward", forward, good_views, kinds, module_forward=True))
     return specs
 
 
@@ -711,7 +752,8 @@ def function_cases() -> tuple[list[Case], list[str]]:
                     expect = (arg, "bogus", "hidden", "out")
                 if label in ("one more row", "narrower"):  # a mismatch: naming either tensor of the pair is clear
                     expect = (arg, *(a for a, k in spec.kinds.items() if k.endswith("_pair") and a != arg))
-                cases.append(Case("functions", f"{spec.name}: {arg}={label}", call, expect, timeout=20.0))
+                cases.append(Case("functions", f"{spec.name}: {arg}={label}", call, expect, timeout=20.0,
+                                  propagates=spec.module_forward and label in PROPAGATED_LABELS))
     for i, case in enumerate(cases):
         case.quick = i % 6 == 0
     return cases, broken
@@ -1506,15 +1548,19 @@ def tally(outcomes: list[Outcome]) -> dict[str, dict[str, int]]:
 
 
 def format_table(t: dict[str, dict[str, int]]) -> str:
-    head = f"{'group':<15}{'tried':>7}{'clear':>7}{'silent':>8}{'unclear':>9}"
+    head = f"{'group':<15}{'tried':>7}{'clear':>7}{'silent':>8}{'unclear':>9}{'by_design':>11}"
     lines = [head, "-" * len(head)]
     total = {"tried": 0, **{k: 0 for k in OUTCOMES}}
+
+    def line(g: str, row: dict[str, int]) -> str:
+        return f"{g:<15}{row['tried']:>7}{row['clear']:>7}{row['silent']:>8}{row['unclear']:>9}{row['by_design']:>11}"
+
     for g, row in t.items():
-        lines.append(f"{g:<15}{row['tried']:>7}{row['clear']:>7}{row['silent']:>8}{row['unclear']:>9}")
+        lines.append(line(g, row))
         for k in total:
             total[k] += row[k]
     lines.append("-" * len(head))
-    lines.append(f"{'total':<15}{total['tried']:>7}{total['clear']:>7}{total['silent']:>8}{total['unclear']:>9}")
+    lines.append(line("total", total))
     return "\n".join(lines)
 
 
@@ -1541,7 +1587,7 @@ def run(groups: tuple[str, ...] = GROUPS, quick: bool = False, only: str | None 
                 os.chdir(cwd)
             outcomes.append(o)
             if log:
-                log(f"{o.outcome:<8} {o.group:<14} {o.name}  [{o.detail}]")
+                log(f"{o.outcome:<9} {o.group:<14} {o.name}  [{o.detail}]")
     return outcomes, notes
 
 
@@ -1554,7 +1600,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", metavar="REGEX", help="only the cases whose name matches")
     p.add_argument("--strict", action="store_true",
                    help="exit 1 when a case is silent or unclear, or a valid call of the harness fails "
-                        "(without it the exit status is 0: the script reports)")
+                        "(by_design cases do not fail; without it the exit status is 0: the script reports)")
     args = p.parse_args(argv)
     groups = tuple(args.group) if args.group else GROUPS
     start = time.perf_counter()
@@ -1565,12 +1611,12 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - start
     if args.list:
         for o in outcomes:
-            print(f"{o.outcome:<8} {o.group:<14} {o.name}  [{o.detail}]")
+            print(f"{o.outcome:<9} {o.group:<14} {o.name}  [{o.detail}]")
         print()
     t = tally(outcomes)
     for g, row in t.items():
         print(f"{g}: {row['tried']} tried, {row['clear']} clear errors, {row['silent']} silent, "
-              f"{row['unclear']} unclear")
+              f"{row['unclear']} unclear, {row['by_design']} by design")
     print()
     print(format_table(t))
     print(f"\n{'quick' if args.quick else 'full'} mode, {seconds:.0f} s")
@@ -1581,7 +1627,7 @@ def main(argv: list[str] | None = None) -> int:
             "mode": "quick" if args.quick else "full", "seconds": round(seconds, 1), "tally": t, "notes": notes,
             "cases": [{"group": o.group, "name": o.name, "outcome": o.outcome, "detail": o.detail} for o in outcomes],
         }, indent=1) + "\n")
-    if args.strict and (notes or any(o.outcome != "clear" for o in outcomes)):
+    if args.strict and (notes or any(o.outcome in ("silent", "unclear") for o in outcomes)):
         return 1
     return 0
 

@@ -132,3 +132,76 @@ def test_same_seed_same_parameters_as_a_plain_mlp():
     for net, ref in zip((critic.g, critic.h), reference):
         for p, r in zip(net.parameters(), ref.parameters(), strict=True):
             torch.testing.assert_close(p, r, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- bad input is refused by name
+# (issue 15: sizes were reported as the internal ``in_dim`` or as torch's errors, bad numbers were accepted)
+
+_BAD_DIM = [(0, ValueError), (-1, ValueError), (2.5, TypeError), ("3", TypeError), (None, TypeError),
+            (True, TypeError), (float("nan"), TypeError)]
+_SPEC = MLPSpec(hidden=4, out=1, layers=2, bn=False)
+
+
+@pytest.mark.parametrize("make", [
+    lambda dim: Bilinear(dim),
+    lambda dim: SeparableCritic(dim, _SPEC),
+    lambda dim: ConcatCritic(dim, _SPEC),
+    lambda dim: GaussianQ(dim, _SPEC, momentum=0.9),
+], ids=["bilinear", "separable", "concat", "gaussian_q"])
+@pytest.mark.parametrize("bad, error", _BAD_DIM)
+def test_critics_refuse_a_bad_dim_by_its_name(make, bad, error):
+    with pytest.raises(error, match=r"^dim must be an int"):
+        make(bad)
+
+
+@pytest.mark.parametrize("bad, error", [(-0.1, ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
+                                        ("0.1", TypeError), (True, TypeError), (None, TypeError)])
+def test_bilinear_refuses_a_scale_that_is_not_a_finite_number_ge_0(bad, error):
+    with pytest.raises(error, match="scale"):
+        Bilinear(3, scale=bad)
+    torch.testing.assert_close(Bilinear(3, scale=0).W.detach(), torch.zeros(3, 3))  # 0 is a valid start
+
+
+@pytest.mark.parametrize("bad, error", [("0.5", TypeError), (None, TypeError), (True, TypeError),
+                                        (float("nan"), ValueError)])
+def test_gaussian_q_refuses_a_momentum_that_is_not_a_number(bad, error):
+    with pytest.raises(error, match="momentum"):
+        GaussianQ(3, MLPSpec(hidden=5, out=3, layers=2, bn=False), momentum=bad)
+
+
+_BAD_BATCH = {
+    "empty": (torch.zeros(0, 3), ValueError, "at least one sample"),
+    "flattened": (torch.zeros(12), ValueError, r"shape \(N, 3\)"),
+    "one more dim": (torch.zeros(1, 4, 3), ValueError, r"shape \(N, 3\)"),
+    "narrower": (torch.zeros(4, 2), ValueError, "3 features"),
+    "int dtype": (torch.zeros(4, 3, dtype=torch.long), TypeError, "floating-point"),
+    "None": (None, TypeError, "torch.Tensor"),
+    "nested list": ([[0.0] * 3] * 4, TypeError, "torch.Tensor"),
+}
+
+
+@pytest.mark.parametrize("make, names", [
+    (lambda: Bilinear(3), ("a", "b")),
+    (lambda: SeparableCritic(3, _SPEC), ("x", "y")),
+    (lambda: ConcatCritic(3, _SPEC), ("x", "y")),
+], ids=["bilinear", "separable", "concat"])
+@pytest.mark.parametrize("label", list(_BAD_BATCH))
+def test_critic_forward_refuses_a_bad_batch_by_its_name(make, names, label):
+    bad, error, what = _BAD_BATCH[label]
+    critic, good = make(), torch.randn(4, 3)
+    for i, name in enumerate(names):
+        args = [good, good]
+        args[i] = bad
+        with pytest.raises(error, match=rf"^{name} .*{what}"):
+            critic(*args)
+
+
+@pytest.mark.parametrize("make", [lambda: Bilinear(3), lambda: SeparableCritic(3, _SPEC),
+                                  lambda: ConcatCritic(3, _SPEC)], ids=["bilinear", "separable", "concat"])
+def test_critic_forward_propagates_nan_without_reading_values(make):
+    """By design (no per-step device sync): a NaN entry reaches the scores of its row, the rest stay finite."""
+    x, y = _pair(4, 3)
+    x[1, 0] = float("nan")
+    scores = make()(x, y)
+    assert scores.shape == (4, 4)
+    assert bool(scores[1].isnan().all()) and bool(torch.isfinite(scores[[0, 2, 3]]).all())

@@ -550,3 +550,24 @@ def test_knn_entropy_bad_input(x, k, error, message):
 def test_gaussian_entropy_bad_input(cov, error, message):
     with pytest.raises(error, match=message):
         gaussian_entropy(cov)
+
+
+@pytest.mark.parametrize("arg, bad, error", [
+    ("n_queries", 0, ValueError), ("n_queries", -1, ValueError), ("n_queries", 2.5, TypeError),
+    ("n_queries", "3", TypeError), ("n_queries", None, TypeError), ("n_queries", True, TypeError),
+    ("n_keys", 0, ValueError), ("n_keys", -1, ValueError), ("n_keys", float("nan"), TypeError),
+    ("n_keys", "3", TypeError), ("n_keys", None, TypeError), ("n_keys", True, TypeError),
+    ("dtype", None, TypeError), ("dtype", "float32", TypeError),
+])
+def test_auto_chunk_size_refuses_bad_arguments_by_name(arg, bad, error):
+    # n_keys=0 divided by zero; n_queries=0, -1 or True were returned as a chunk size
+    kw = dict(n_queries=64, n_keys=64, dtype=torch.float32)
+    with pytest.raises(error, match=f"^{arg} must be a"):
+        entropy.auto_chunk_size(**{**kw, arg: bad})
+
+
+def test_auto_chunk_size_values():
+    assert entropy.auto_chunk_size(64, 64) == 64
+    assert entropy.auto_chunk_size(10**9, 1000, torch.float32) == entropy.AUTO_CHUNK_BYTES // 4000
+    assert entropy.auto_chunk_size(10**9, 1000, torch.float64) == entropy.AUTO_CHUNK_BYTES // 8000
+    assert entropy.auto_chunk_size(5, 10**12) == 1

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 FUZZ = Path(__file__).resolve().parents[1] / "scripts" / "fuzz_inputs.py"
 
@@ -74,6 +76,59 @@ def test_a_timeout_is_unclear():
     assert fz.classify(exc=fz.CaseTimeout(), expect=("x",)) == ("unclear", "timed out (a hang)")
 
 
+# ----------------------------------------------------------------------------- the classifier (by design)
+
+
+def test_a_nan_entry_propagated_by_a_module_forward_is_by_design_and_not_clear():
+    nan_out = torch.tensor([[1.0, float("nan")], [0.0, 1.0]])
+    inf_out = torch.tensor([1.0, float("inf")])
+    outcome, detail = fz.classify(value=nan_out, expect=("z",), propagates=True)
+    assert outcome == "by_design" and "NaN/inf" in detail
+    assert fz.classify(value=[torch.ones(2), inf_out], expect=("z",), propagates=True)[0] == "by_design"
+    assert fz.classify(value=(torch.tensor(float("nan")), {"loss": 1.0}), expect=("z",), propagates=True)[0] \
+        == "by_design"  # a method's StepOutput: a NaN loss
+    assert fz.classify(value=(torch.tensor(0.5), {"entropy": float("inf")}), expect=("z",),
+                       propagates=True)[0] == "by_design"  # ... or a non-finite metric
+
+
+def test_a_nan_entry_swallowed_by_a_module_forward_is_silent():
+    outcome, detail = fz.classify(value=torch.ones(3, 2), expect=("z",), propagates=True)
+    assert outcome == "silent" and "swallowed" in detail
+    assert fz.classify(value=(torch.tensor(0.5), {"loss": 0.5}), expect=("z",), propagates=True)[0] == "silent"
+    assert fz.classify(value=None, expect=("z",), propagates=True)[0] == "silent"
+
+
+def test_by_design_applies_only_to_marked_cases_and_never_to_a_refusal():
+    nan_out = torch.tensor([float("nan")])
+    assert fz.classify(value=nan_out, expect=("z",)) == ("silent", "accepted")  # not marked: silent
+    message = "z must contain only finite values (found NaN or inf)"
+    assert fz.classify(exc=ValueError(message), expect=("z",), propagates=True) == ("clear", f"ValueError: {message}")
+    assert fz.classify(exc=RuntimeError("boom"), expect=("z",), propagates=True)[0] == "unclear"
+
+
+def test_only_nan_and_inf_entries_into_module_forwards_are_marked():
+    cases, broken = fz.function_cases()
+    assert broken == []
+    marked = sorted(c.name for c in cases if c.propagates)
+    assert marked and all(re.fullmatch(r"[\w.()]+\.forward: \w+=(NaN|inf) entry", n) for n in marked), marked
+    for name in ("heads.Prototypes.forward: z=NaN entry", "heads.DINOHead.forward: x=inf entry",
+                 "critics.Bilinear.forward: b=NaN entry", "methods.simclr.forward: views=NaN entry"):
+        assert name in marked
+    # an empty batch into a forward is not by design: it must be refused
+    empty = [c for c in cases if c.name == "heads.Prototypes.forward: z=empty"]
+    assert len(empty) == 1 and not empty[0].propagates
+    assert not any(c.propagates for c in cases if not re.search(r"\.forward: ", c.name))
+
+
+def test_run_case_classifies_a_propagating_forward_as_by_design():
+    def forward():
+        return torch.nn.Linear(3, 2)(torch.tensor([[float("nan"), 0.0, 1.0]]))
+
+    o = fz.run_case(fz.Case("functions", "m.forward: x=NaN entry", forward, ("x",), propagates=True))
+    assert o.outcome == "by_design"
+    assert o.detail == "propagated: the output holds NaN/inf (a forward does not read values)"
+
+
 # ----------------------------------------------------------------------------- the classifier (command line)
 
 _ERR = "python -m mvssl_core pretrain: error: config key 'optim.lr' must be a finite number, got nan\n"
@@ -126,9 +181,23 @@ def test_run_case_turns_system_exit_into_a_command_line_outcome():
 
 def test_the_tally_counts_every_outcome():
     outcomes = [fz.Outcome("cli", "a", "clear", ""), fz.Outcome("cli", "b", "silent", ""),
-                fz.Outcome("cli", "c", "unclear", ""), fz.Outcome("results_files", "d", "clear", "")]
-    assert fz.tally(outcomes) == {"cli": {"tried": 3, "clear": 1, "silent": 1, "unclear": 1},
-                                  "results_files": {"tried": 1, "clear": 1, "silent": 0, "unclear": 0}}
+                fz.Outcome("cli", "c", "unclear", ""), fz.Outcome("results_files", "d", "clear", ""),
+                fz.Outcome("functions", "e.forward: x=NaN entry", "by_design", ""),
+                fz.Outcome("functions", "f", "clear", "")]
+    assert fz.tally(outcomes) == {
+        "functions": {"tried": 2, "clear": 1, "silent": 0, "unclear": 0, "by_design": 1},
+        "cli": {"tried": 3, "clear": 1, "silent": 1, "unclear": 1, "by_design": 0},
+        "results_files": {"tried": 1, "clear": 1, "silent": 0, "unclear": 0, "by_design": 0},
+    }
+
+
+def test_the_table_has_a_by_design_column_never_added_to_clear():
+    t = fz.tally([fz.Outcome("functions", "a", "clear", ""), fz.Outcome("functions", "b.forward: x=NaN entry",
+                                                                     "by_design", "")])
+    lines = fz.format_table(t).splitlines()
+    assert lines[0].split() == ["group", "tried", "clear", "silent", "unclear", "by_design"]
+    assert lines[2].split() == ["functions", "2", "1", "0", "0", "1"]
+    assert lines[-1].split() == ["total", "2", "1", "0", "0", "1"]
 
 
 # ----------------------------------------------------------------------------- the quick subset, as a command
@@ -161,11 +230,17 @@ def test_quick_every_valid_call_of_the_harness_succeeds(quick):
 def test_quick_the_tally_is_printed_per_group(quick):
     lines = quick["stdout"].splitlines()
     head = next(i for i, line in enumerate(lines) if line.startswith("group "))
-    assert lines[head].split() == ["group", "tried", "clear", "silent", "unclear"]
+    assert lines[head].split() == ["group", "tried", "clear", "silent", "unclear", "by_design"]
     for group, row in quick["tally"].items():
         assert f"{group}: {row['tried']} tried, {row['clear']} clear errors, {row['silent']} silent, " \
-               f"{row['unclear']} unclear" in lines
-        assert row["tried"] == row["clear"] + row["silent"] + row["unclear"]
+               f"{row['unclear']} unclear, {row['by_design']} by design" in lines
+        assert row["tried"] == row["clear"] + row["silent"] + row["unclear"] + row["by_design"]
+
+
+def test_quick_by_design_only_for_nan_or_inf_entries_into_a_forward(quick):
+    by_design = [c["name"] for c in quick["cases"] if c["outcome"] == "by_design"]
+    assert all(re.fullmatch(r"[\w.()]+\.forward: \w+=(NaN|inf) entry", n) for n in by_design), by_design
+    assert all(quick["tally"][g]["by_design"] == 0 for g in ("cli", "run_folders", "results_files"))
 
 
 @pytest.mark.parametrize("group, at_least", [("run_folders", 10), ("results_files", 20)])

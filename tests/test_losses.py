@@ -445,3 +445,62 @@ def test_sphere_losses_refuse_zero_rows(call, name):
     # a zero row was normalised to 0, "orthogonal" to everything (cosine 0: a BYOL loss of 2)
     with pytest.raises(ValueError, match=rf"^{name} has 1 row\(s\) of norm 0 .*rows 3"):
         call()
+
+
+# ----------------------------------------------------------------------------- bad input named by its argument
+
+
+def _crops(n_crops=2, n=4, k=5):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(n, k, generator=g) for _ in range(n_crops)]
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda s, q: losses.dino_loss(s, q[0], torch.zeros(5)), "teacher"),
+    (lambda s, q: losses.dino_loss(s[0], q, torch.zeros(5)), "student"),
+    (lambda s, q: losses.swav_loss(s[0], [c.softmax(1) for c in q]), "scores"),
+    (lambda s, q: losses.swav_loss(s, q[0].softmax(1)), "codes"),
+])
+def test_crop_losses_refuse_a_bare_tensor_by_name(call, name):
+    # a bare (N, K) tensor was taken as one crop: teacher=t silently dropped the other teacher crops
+    with pytest.raises(TypeError, match=rf"^{name} must be a list of \(N, K\) tensors, one per crop, "
+                                        r"got a single tensor of shape \(4, 5\)$"):
+        call(_crops(), _crops())
+
+
+def test_swav_loss_names_scores_when_it_has_fewer_crops_than_codes():
+    scores, codes = _crops(), [c.softmax(1) for c in _crops()]
+    with pytest.raises(ValueError, match=r"^scores must hold at least 2 crops and codes no more crops than scores, "
+                                         r"got 1 scores and 2 codes$"):
+        losses.swav_loss(scores[:1], codes)
+
+
+def test_sinkhorn_refuses_a_single_row():
+    # one row's equipartition is the uniform code whatever its scores: it was returned silently
+    with pytest.raises(ValueError, match=r"^scores needs at least 2 rows \(samples\) in the global batch.*got 1$"):
+        losses.sinkhorn(torch.randn(1, 5))
+    codes = losses.sinkhorn(torch.tensor([[3.0, 0.0], [0.0, 3.0]]), epsilon=1.0, n_iters=3)
+    torch.testing.assert_close(codes.sum(dim=1), torch.ones(2))
+    assert codes[0, 0] > 0.9 and codes[1, 1] > 0.9
+
+
+def test_spherical_kmeans_names_x_when_it_has_fewer_rows_than_k():
+    with pytest.raises(ValueError, match=r"^k must be at most the number of rows of x \(1\), got 3$"):
+        losses.spherical_kmeans(torch.randn(1, 4), 3)
+
+
+@pytest.mark.parametrize("scores, targets, error, match", [
+    (None, [torch.zeros(4, dtype=torch.long)], TypeError,
+     r"^scores must be a list of tensors, one per prototype set, got NoneType$"),
+    ([torch.zeros(4, 6)], None, TypeError, r"^targets must be a list of tensors, one per prototype set, got NoneType$"),
+    (torch.zeros(4, 6), [torch.zeros(4, dtype=torch.long)], TypeError,
+     r"^scores must be a list of tensors, .* got Tensor$"),
+    ([torch.zeros(4, 6), torch.zeros(4, 3)], [torch.tensor([0, 1, 2, 5])] * 2, ValueError,
+     r"^targets\[1\] must hold cluster indices in \[0, 3\), the columns of scores\[1\]$"),
+    ([torch.zeros(4, 6), torch.zeros(5, 6)], [torch.tensor([0, 1, 2, 5])] * 2, ValueError,
+     r"^targets\[1\] must be a long tensor of shape \(5,\), one per row of scores\[1\]$"),
+])
+def test_deepcluster_loss_names_scores_and_targets(scores, targets, error, match):
+    # None said "object of type 'NoneType' has no len()"; a narrower scores[1] blamed targets[1] alone
+    with pytest.raises(error, match=match):
+        losses.deepcluster_loss(scores, targets)

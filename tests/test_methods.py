@@ -472,3 +472,230 @@ def test_er_terms_ablation_maximises_the_named_term(name):
 def test_er_terms_refuses_unknown_term():
     with pytest.raises(ValueError, match="er_terms"):
         _build("byol_er", er_terms="alignment")
+
+
+# ----------------------------------------------------------------------------- heads and EMA: bad input by name
+# (issue 15: 'no' / 2 / None were taken as bools, sizes failed inside torch, forwards accepted empty batches,
+# the EMA took '0.5' for a momentum and None for a module)
+
+_NOT_BOOL = ["no", "False", 2, None, 0.5]
+
+
+@pytest.mark.parametrize("field", ["bn", "last_bn"])
+@pytest.mark.parametrize("bad", _NOT_BOOL)
+def test_mlp_spec_refuses_a_flag_that_is_not_a_bool(field, bad):
+    with pytest.raises(TypeError, match=rf"^{field} must be True or False"):
+        heads.MLPSpec(16, 8, **{field: bad})
+
+
+@pytest.mark.parametrize("field", ["bn", "norm_last_layer"])
+@pytest.mark.parametrize("bad", _NOT_BOOL)
+def test_dino_head_spec_refuses_a_flag_that_is_not_a_bool(field, bad):
+    with pytest.raises(TypeError, match=rf"^{field} must be True or False"):
+        heads.DINOHeadSpec(16, 8, 12, **{field: bad})
+
+
+def test_as_spec_prefixes_a_bad_field_with_the_callers_name():
+    with pytest.raises(ValueError, match=r"^projector: hidden must be an int >= 1, got 0$"):
+        heads.as_spec({"hidden": 0, "out": 8}, heads.MLPSpec, "projector")
+    with pytest.raises(TypeError, match=r"^head: bn must be True or False"):
+        heads.as_spec({"bn": "no"}, heads.DINOHeadSpec, "head")
+    with pytest.raises(ValueError, match=r"^predictor is missing the fields \['out'\] of MLPSpec$"):
+        heads.as_spec({"hidden": 8}, heads.MLPSpec, "predictor")
+    with pytest.raises(ValueError, match=r"^hidden must be an int >= 1, got 0$"):  # no name: today's message
+        heads.as_spec({"hidden": 0, "out": 8}, heads.MLPSpec)
+    with pytest.raises(ValueError, match=r"^projector: layers must be"):
+        heads.build_mlp(4, {"hidden": 8, "out": 2, "layers": 0}, name="projector")
+    with pytest.raises(ValueError, match=r"^head: out must be"):
+        heads.DINOHead(4, {"out": 0}, name="head")
+    with pytest.raises(ValueError, match=r"^prototypes: n_prototypes must be"):
+        heads.Prototypes(4, {"n_prototypes": 0}, name="prototypes")
+    spec = heads.as_spec({"hidden": 8, "out": 2, "bn": False}, heads.MLPSpec, "projector")
+    assert spec == heads.MLPSpec(8, 2, bn=False)
+
+
+_BAD_SIZE = [(0, ValueError), (-1, ValueError), (2.5, TypeError), ("3", TypeError), (None, TypeError),
+             (True, TypeError), (float("nan"), TypeError)]
+
+
+@pytest.mark.parametrize("bad, error", _BAD_SIZE)
+@pytest.mark.parametrize("make, arg", [
+    (lambda v: heads.WeightNormLinear(v, 6), "in_dim"),
+    (lambda v: heads.WeightNormLinear(4, v), "out_dim"),
+    (lambda v: heads.Prototypes(v, heads.PrototypeSpec(6)), "dim"),
+    (lambda v: heads.DINOHead(v, heads.DINOHeadSpec(16, 8, 12)), "in_dim"),
+], ids=["wn-in_dim", "wn-out_dim", "prototypes-dim", "dino-in_dim"])
+def test_heads_refuse_a_bad_size_by_its_name(make, arg, bad, error):
+    with pytest.raises(error, match=rf"^{arg} must be an int"):
+        make(bad)
+
+
+@pytest.mark.parametrize("bad", _NOT_BOOL)
+def test_weight_norm_linear_refuses_a_learn_gain_that_is_not_a_bool(bad):
+    with pytest.raises(TypeError, match="^learn_gain must be True or False"):
+        heads.WeightNormLinear(4, 6, learn_gain=bad)
+
+
+_BAD_BATCH = {
+    "empty": (torch.zeros(0, 4), ValueError, "at least one sample"),
+    "flattened": (torch.zeros(32), ValueError, r"shape \(N, 4\)"),
+    "narrower": (torch.zeros(8, 3), ValueError, "4 features"),
+    "int dtype": (torch.zeros(8, 4, dtype=torch.long), TypeError, "floating-point"),
+    "None": (None, TypeError, "torch.Tensor"),
+    "nested list": ([[0.0] * 4] * 8, TypeError, "torch.Tensor"),
+    "string": ("tensor", TypeError, "torch.Tensor"),
+}
+
+
+@pytest.mark.parametrize("label", list(_BAD_BATCH))
+@pytest.mark.parametrize("make, name", [
+    (lambda: heads.Prototypes(4, heads.PrototypeSpec(6)), "z"),
+    (lambda: heads.DINOHead(4, heads.DINOHeadSpec(16, 8, 12)), "x"),
+    (lambda: heads.WeightNormLinear(4, 6), "x"),
+], ids=["prototypes", "dino", "weight_norm"])
+def test_head_forward_refuses_a_bad_batch_by_its_name(make, name, label):
+    bad, error, what = _BAD_BATCH[label]
+    with pytest.raises(error, match=rf"^{name} .*{what}"):
+        make()(bad)
+
+
+def test_head_forward_propagates_nan_without_reading_values():
+    """By design (no per-step device sync): a NaN row gives NaN outputs for that row only."""
+    z = F.normalize(torch.randn(5, 4), dim=1)
+    z[2, 1] = float("nan")
+    scores = heads.Prototypes(4, heads.PrototypeSpec(6, heads=2))(z)
+    for s in scores:
+        assert bool(s[2].isnan().all()) and bool(torch.isfinite(s[[0, 1, 3, 4]]).all())
+    head = heads.DINOHead(4, heads.DINOHeadSpec(16, 8, 12)).eval()
+    _, logits = head(z)
+    assert bool(logits[2].isnan().all()) and bool(torch.isfinite(logits[[0, 1, 3, 4]]).all())
+
+
+@pytest.mark.parametrize("bad", [None, "model", torch.zeros(3)])
+def test_ema_refuses_a_module_that_is_not_one(bad):
+    net = nn.Linear(3, 2)
+    with pytest.raises(TypeError, match=r"^module must be an nn.Module"):
+        ema.frozen_copy(bad)
+    with pytest.raises(TypeError, match=r"^teacher must be an nn.Module"):
+        ema.ema_update_(bad, net, 0.5)
+    with pytest.raises(TypeError, match=r"^student must be an nn.Module"):
+        ema.ema_update_(ema.frozen_copy(net), bad, 0.5)
+
+
+@pytest.mark.parametrize("bad, error", [("0.5", TypeError), (None, TypeError), (True, TypeError),
+                                        (float("nan"), ValueError), (-0.1, ValueError)])
+def test_ema_update_refuses_a_momentum_that_is_not_a_number_and_changes_nothing(bad, error):
+    student = nn.Linear(3, 2)
+    teacher = ema.frozen_copy(student)
+    with torch.no_grad():
+        teacher.weight.zero_()
+    with pytest.raises(error, match="momentum"):
+        ema.ema_update_(teacher, student, bad)
+    assert torch.count_nonzero(teacher.weight) == 0
+
+
+@pytest.mark.parametrize("arg", ["progress", "base", "final"])
+@pytest.mark.parametrize("bad, error", [("0.5", TypeError), (None, TypeError), (True, TypeError),
+                                        (float("nan"), ValueError), (float("inf"), ValueError), (2.0, ValueError)])
+def test_cosine_momentum_refuses_bad_numbers_by_name(arg, bad, error):
+    kw = dict(progress=0.5, base=0.996, final=1.0) | {arg: bad}
+    with pytest.raises(error, match=arg):
+        ema.cosine_momentum(**kw)
+
+
+# ----------------------------------------------------------------------------- bad input named by the method's argument
+
+
+@pytest.mark.parametrize("name, arg, bad, error, match", [
+    ("simclr", "projector", {"hidden": 0, "out": 8}, ValueError, r"^projector: hidden must be an int >= 1, got 0$"),
+    ("simclr", "projector", None, TypeError, r"^projector must be a MLPSpec or a dict of its fields, got NoneType$"),
+    ("byol", "predictor", {"hidden": "16", "out": 8}, TypeError, r"^predictor: hidden must be an int, got str$"),
+    ("byol", "predictor", "mlp", TypeError, r"^predictor must be a MLPSpec"),
+    ("dino", "head", {"hidden": -1}, ValueError, r"^head: hidden must be an int >= 1, got -1$"),
+    ("dino", "head", {"bogus": 1}, ValueError, r"^head has unknown fields \['bogus'\]"),
+    ("swav", "prototypes", {"n_prototypes": 0}, ValueError, r"^prototypes: n_prototypes must be an int >= 1, got 0$"),
+    ("deepcluster", "prototypes", {"n_prototypes": "8"}, TypeError, r"^prototypes: n_prototypes must be an int"),
+])
+def test_method_head_spec_errors_name_the_argument(name, arg, bad, error, match):
+    # a bad field of a head given as a dict said "hidden must be an int >= 1" without naming the head
+    with pytest.raises(error, match=match):
+        _build(name, **{arg: bad})
+
+
+@pytest.mark.parametrize("arg, bad, error", [
+    ("teacher_temperature_start", 0.0, ValueError), ("teacher_temperature_start", "0.04", TypeError),
+    ("teacher_temperature_start", True, TypeError), ("teacher_temperature_end", float("inf"), ValueError),
+    ("teacher_temperature_end", None, TypeError), ("teacher_temperature_warmup", 1.5, ValueError),
+    ("teacher_temperature_warmup", True, TypeError), ("center_momentum", -0.1, ValueError),
+    ("center_momentum", "0.9", TypeError), ("center_momentum", None, TypeError),
+])
+def test_dino_schedule_errors_name_the_argument(arg, bad, error):
+    # they said "start must be a finite number > 0" / "momentum must be ...": the names of internal arguments
+    with pytest.raises(error, match=f"^{arg} must be a "):
+        _build("dino", **{arg: bad})
+
+
+def test_dino_keeps_its_teacher_temperature_schedule():
+    method = _build(
+        "dino", teacher_temperature_start=0.02, teacher_temperature_end=0.08, teacher_temperature_warmup=0.5
+    )
+    assert method.teacher_schedule == (0.02, 0.08, 0.5)
+    assert method.center.momentum == pytest.approx(0.9)
+
+
+def _bad_views(label: str, views: list[torch.Tensor]) -> list:
+    return {
+        "a string": ["x"] + views[1:],
+        "1-D": [v.reshape(-1) for v in views],
+        "int dtype": [v.round().long() for v in views],
+        "fewer channels": [views[0], views[1][:, :2]],
+        "a channel more": [views[0], torch.cat([views[1], views[1][:, :1]], dim=1)],
+    }[label]
+
+
+@pytest.mark.parametrize("label, error, match", [
+    ("a string", TypeError, r"^views\[0\] must be a tensor \(an image batch\), got str$"),
+    ("1-D", ValueError, r"^views\[0\] must have shape \(N, C, H, W\), got a tensor of shape \(12288,\)$"),
+    ("int dtype", TypeError, r"^views\[0\] must be a floating-point image batch, got dtype torch.int64$"),
+    ("fewer channels", ValueError,
+     r"^every view must have the same number of channels, views\[0\] has 3 and views\[1\] 2$"),
+    ("a channel more", ValueError, r"same number of channels, views\[0\] has 3 and views\[1\] 4$"),
+])
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_forward_refuses_views_that_do_not_fit_by_name(name, label, error, match):
+    # they ended in AttributeError ('str' has no attribute 'shape') or conv2d's RuntimeError
+    method = _build(name)
+    views = _bad_views(label, _views(_images(N, 5), seed=0))
+    with pytest.raises(error, match=match):
+        method(views, 0.5, indices=torch.arange(N))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_forward_names_views_when_the_projections_are_not_finite(name, value):
+    # the loss's own finiteness check (no new sync) said "z1 must contain only finite values"
+    method = _build(name)
+    n_local = 2 if _base(name) in MULTICROP else 0
+    views = _views(_images(N, 5), seed=0, n_local=n_local)
+    views[0][3, 1, 4, 4] = value
+    with pytest.raises(ValueError, match=r"^views gave non-finite projections \(NaN or inf in the input views, "
+                                         r"or weights that diverged\): \S+ must contain only finite values"):
+        method(views, 0.5, indices=torch.arange(N))
+
+
+@pytest.mark.parametrize("shift", [100, -100, -N, 2 * N])
+@pytest.mark.parametrize("name", ["deepcluster", "deepcluster_er"])
+def test_deepcluster_refuses_indices_out_of_range_and_keeps_its_bank(name, shift):
+    # 100 ended in an IndexError; -N (values -16..-1) wrote silently into the last rows of the bank
+    method = _build(name)
+    views = _views(_images(N, 5), seed=0, n_local=2)
+    bad = torch.arange(N) + shift
+    expected = rf"^indices must be data-set indices in \[0, dataset_size = {2 * N}\), got values from " \
+               rf"{shift} to {N - 1 + shift}$"
+    with pytest.raises(ValueError, match=expected):
+        method(views, 0.5, indices=bad)
+    with pytest.raises(ValueError, match=expected):
+        method.fill_memory_(views, bad)
+    assert not bool(method.seen.any()) and float(method.memory.abs().sum()) == 0.0
+    method(views, 0.5, indices=torch.arange(N) + N)  # the last valid rows
+    assert method.seen.tolist() == [False] * N + [True] * N

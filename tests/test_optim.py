@@ -201,3 +201,55 @@ def test_scaled_lr_and_set_lr():
     opt = LARS(groups, lr=1.0)
     set_lr(opt, 0.5)
     assert [g["lr"] for g in opt.param_groups] == [0.5, pytest.approx(0.05)]
+
+
+# ----------------------------------------------------------------------------- bad numbers are refused by name
+# (issue 15: NaN, inf, strings, bools and None were accepted or failed with a message naming nothing)
+
+NAN, INF = float("nan"), float("inf")
+_BAD_NONNEG = [(-0.1, ValueError), (NAN, ValueError), (INF, ValueError), ("0.1", TypeError), (True, TypeError),
+               (None, TypeError)]
+
+
+@pytest.mark.parametrize("bad, error", _BAD_NONNEG)
+def test_param_groups_refuses_a_weight_decay_that_is_not_a_finite_number_ge_0(bad, error):
+    with pytest.raises(error, match="weight_decay"):
+        param_groups(_model(), bad)
+
+
+@pytest.mark.parametrize("arg", ["weight_decay", "eps"])
+@pytest.mark.parametrize("bad, error", _BAD_NONNEG)
+def test_lars_refuses_a_weight_decay_or_eps_that_is_not_a_finite_number_ge_0(arg, bad, error):
+    with pytest.raises(error, match=arg):
+        LARS(_model().parameters(), **{arg: bad})
+
+
+@pytest.mark.parametrize("bad, error", [("0.5", TypeError), (None, TypeError), (True, TypeError), (NAN, ValueError),
+                                        (-0.1, ValueError), (1.0, ValueError)])
+def test_lars_refuses_a_momentum_outside_0_1_by_name(bad, error):
+    with pytest.raises(error, match="momentum"):
+        LARS(_model().parameters(), momentum=bad)
+
+
+@pytest.mark.parametrize("arg", ["base_value", "final_value", "start_value"])
+@pytest.mark.parametrize("bad, error", [(NAN, ValueError), (INF, ValueError), (-INF, ValueError),
+                                        ("0.1", TypeError), (None, TypeError), (True, TypeError)])
+def test_warmup_cosine_refuses_values_that_are_not_finite_numbers(arg, bad, error):
+    kw = dict(step=0, total_steps=10, warmup_steps=2, base_value=1.0) | {arg: bad}
+    with pytest.raises(error, match=arg):
+        warmup_cosine(**kw)
+
+
+def test_warmup_cosine_takes_ints_and_one_element_tensors():
+    assert warmup_cosine(1, 10, 2, 2, final_value=0, start_value=0) == pytest.approx(1.0)
+    assert warmup_cosine(10, 10, 2, torch.tensor(2.0), final_value=torch.tensor(0.5)) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("bad, error", _BAD_NONNEG)
+def test_set_lr_refuses_a_bad_lr_and_leaves_the_groups_unchanged(bad, error):
+    opt = torch.optim.SGD(_model().parameters(), lr=0.3)
+    with pytest.raises(error, match="lr"):
+        set_lr(opt, bad)
+    assert [g["lr"] for g in opt.param_groups] == [0.3]
+    set_lr(opt, 0)  # the first step of a warm-up from 0
+    assert [g["lr"] for g in opt.param_groups] == [0.0]

@@ -317,3 +317,24 @@ NAN, INF = float("nan"), float("inf")
 def test_bad_arguments_raise_naming_the_argument(call, error, name):
     with pytest.raises(error, match=rf"^{name} "):
         call()
+
+
+@pytest.mark.parametrize("nu, x", [
+    (torch.tensor([], dtype=torch.float64), torch.tensor([1.0, 2.0])),
+    (torch.tensor([0.5, 1.5]), torch.tensor([], dtype=torch.float32)),
+    (torch.tensor([0.5, 1.5, 2.5]), torch.tensor([1.0, 2.0])),
+])
+@pytest.mark.parametrize("fn", [special.log_iv, special.bessel_ratio])
+def test_orders_and_arguments_that_do_not_broadcast_are_named(fn, nu, x):
+    # torch.broadcast_tensors' RuntimeError ("The size of tensor a (0) must match ...") named neither
+    with pytest.raises(ValueError, match=rf"^nu and x must be broadcastable, got shapes {tuple(nu.shape)} "
+                                         rf"and {tuple(x.shape)}$".replace("(", r"\(").replace(")", r"\)")):
+        fn(nu, x)
+
+
+def test_log_iv_still_broadcasts():
+    x = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
+    value = special.log_iv(torch.tensor([[0.5], [0.5]], dtype=torch.float64), x)
+    assert value.shape == (2, 2)
+    expected = torch.log(torch.sqrt(2 / (math.pi * x)) * torch.sinh(x)).expand(2, 2)
+    torch.testing.assert_close(value, expected)

@@ -165,3 +165,125 @@ def test_eval_transform():
 def test_bad_arguments(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize(
+    "call,error,match",
+    [
+        # probabilities: bools, strings and None are not numbers in [0, 1]
+        (lambda: V.view_transform(32, flip=True), TypeError, "flip"),
+        (lambda: V.view_transform(32, jitter_p="0.5"), TypeError, "jitter_p"),
+        (lambda: V.view_transform(32, blur_p=None), TypeError, "blur_p"),
+        (lambda: V.view_transform(32, solarize_p=NAN), ValueError, "solarize_p"),
+        (lambda: V.simclr_views(32, flip=True), TypeError, "flip"),
+        # crop scales, under the public name of each recipe
+        (lambda: V.view_transform(32, scale=None), TypeError, "scale"),
+        (lambda: V.view_transform(32, scale=(0.5,)), ValueError, "scale"),
+        (lambda: V.view_transform(32, scale="0.1"), TypeError, "scale"),
+        (lambda: V.byol_views(32, scale=(NAN, 1.0)), ValueError, "scale"),
+        (lambda: V.dino_views(32, global_scale=(0.5, 0.1)), ValueError, "global_scale"),
+        (lambda: V.dino_views(32, local_scale=None), TypeError, "local_scale"),
+        (lambda: V.swav_views(32, global_scale=(0.1, 1.5)), ValueError, "global_scale"),
+        (lambda: V.swav_views(32, local_scale=(0.0, 0.1)), ValueError, "local_scale"),
+        # colour jitter: 4 strengths >= 0, hue <= 0.5 (not torchvision's 'brightness')
+        (lambda: V.view_transform(32, jitter=(0.4, 0.4)), ValueError, "jitter"),
+        (lambda: V.view_transform(32, jitter="strong"), TypeError, "jitter"),
+        (lambda: V.view_transform(32, jitter=(-0.4, 0.4, 0.2, 0.1)), ValueError, "jitter"),
+        (lambda: V.view_transform(32, jitter=(NAN, 0.4, 0.2, 0.1)), ValueError, "jitter"),
+        (lambda: V.view_transform(32, jitter=(0.4, 0.4, 0.2, 0.6)), ValueError, "jitter"),
+        # the blur kernel's side: 0 no longer falls back to size
+        (lambda: V.view_transform(32, blur_p=0.5, blur_size=0), ValueError, "blur_size"),
+        (lambda: V.view_transform(32, blur_size=True), TypeError, "blur_size"),
+        (lambda: V.view_transform(32, blur_size=2.5), TypeError, "blur_size"),
+        # normalisation
+        (lambda: V.view_transform(32, normalize="imagenet"), TypeError, "normalize"),
+        (lambda: V.simclr_views(32, normalize=((0.5,) * 3, (0.0,) * 3)), ValueError, "normalize std"),
+        (lambda: V.byol_views(32, normalize=((NAN, 0.5, 0.5), (0.2,) * 3)), ValueError, "normalize mean"),
+        (lambda: V.eval_transform(32, normalize=((0.5,) * 3, (0.2,))), ValueError, "normalize"),
+        (lambda: V.eval_transform(32, normalize="imagenet"), TypeError, "normalize"),
+        # blur flag: True, False or None; 'no' is not False
+        (lambda: V.simclr_views(32, blur="no"), TypeError, "blur"),
+        (lambda: V.byol_views(32, blur=2), TypeError, "blur"),
+        (lambda: V.dino_views(32, blur=0.5), TypeError, "blur"),
+        (lambda: V.swav_views(32, blur="False"), TypeError, "blur"),
+        # sizes, checked before anything compares them
+        (lambda: V.simclr_views("3"), TypeError, "size"),
+        (lambda: V.byol_views(None), TypeError, "size"),
+        (lambda: V.dino_views("3"), TypeError, "size"),
+        (lambda: V.build_views("byol", None), TypeError, "size"),
+        (lambda: V.local_crop_size(32, reference_local=0), ValueError, "reference_local"),
+        (lambda: V.local_crop_size(32, reference_local=True), TypeError, "reference_local"),
+        (lambda: V.local_crop_size(32, reference_local=NAN), TypeError, "reference_local"),
+        (lambda: V.eval_transform(32, resize=0), ValueError, "resize"),
+        (lambda: V.eval_transform(32, resize="3"), TypeError, "resize"),
+        (lambda: V.eval_transform(32, resize=True), TypeError, "resize"),
+    ],
+)
+def test_bad_arguments_are_named(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+@pytest.mark.parametrize(
+    "kw,error,match",
+    [
+        (dict(seed=-1), ValueError, "seed"),
+        (dict(seed=None), TypeError, "seed"),
+        (dict(seed="3"), TypeError, "seed"),  # would hash like 3: a silent alias
+        (dict(seed=True), TypeError, "seed"),  # would hash apart from 1
+        (dict(epoch=-1), ValueError, "epoch"),
+        (dict(epoch=2.5), TypeError, "epoch"),
+        (dict(index=None), TypeError, "index"),
+        (dict(index=2.0), TypeError, "index"),
+        (dict(index=torch.tensor([2])), TypeError, "index"),
+        (dict(epoch=torch.tensor(True)), TypeError, "epoch"),
+    ],
+)
+def test_item_seed_refuses_what_would_hash_to_another_stream(kw, error, match):
+    with pytest.raises(error, match=match):
+        V.item_seed(**{"seed": 0, "epoch": 1, "index": 2, **kw})
+
+
+def test_item_seed_contract():
+    import numpy as np
+
+    s = V.item_seed(3, 1, 7)
+    assert 0 <= s < 2**63
+    # numpy and 0-dim tensor ints are taken at their value: the same stream as the Python int
+    assert V.item_seed(np.int64(3), np.int64(1), np.int64(7)) == s
+    assert V.item_seed(torch.tensor(3), 1, torch.tensor(7)) == s
+    # negative indices are the run's other streams (train.py: -1 permutation, -2 loader workers)
+    assert len({V.item_seed(3, 1, i) for i in (-2, -1, 0, 7)}) == 4
+
+
+def test_batch_generator_names_its_own_arguments():
+    from mvssl_core import gpu_views
+
+    for kw, match in ((dict(step=-1), "step"), (dict(micro=-1), "micro"), (dict(rank=1 << 20), "rank"),
+                      (dict(seed=-1), "seed")):
+        with pytest.raises(ValueError, match=match):
+            gpu_views.batch_generator("cpu", **{"seed": 0, "step": 1, "micro": 0, "rank": 0, **kw})
+
+
+def test_valid_arguments_from_yaml_and_numpy():
+    """Lists (YAML) and numpy floats are valid; ``blur_size`` sets the kernel; one mean/std value applies
+    to every channel (torchvision's broadcasting)."""
+    import numpy as np
+
+    t = V.view_transform(32, scale=[0.3, 1.0], flip=np.float64(0.25), jitter=[0.4, 0.4, 0.2, 0.1],
+                         blur_p=0.5, blur_size=224, normalize=[[0.5, 0.5, 0.5], [0.25, 0.25, 0.25]])
+    (crop, _), = _find(t, v2.RandomResizedCrop)
+    assert tuple(crop.scale) == (0.3, 1.0)
+    (_, p), = _find(t, v2.RandomHorizontalFlip)
+    assert p == 0.25
+    (blur, _), = _find(t, v2.GaussianBlur)
+    assert blur.kernel_size == (23, 23)
+    (norm, _), = _find(t, v2.Normalize)
+    assert list(norm.mean) == [0.5] * 3 and list(norm.std) == [0.25] * 3
+    one = V.view_transform(8, scale=(1.0, 1.0), flip=0.0, jitter_p=0.0, grayscale_p=0.0, normalize=((0.5,), (0.5,)))
+    out = one(torch.full((3, 8, 8), 255, dtype=torch.uint8))
+    torch.testing.assert_close(out, torch.ones(3, 8, 8))
+    assert not _find(V.simclr_views(64, blur=np.bool_(False)).transforms[0], v2.GaussianBlur)

@@ -30,7 +30,7 @@ from mvssl_core.methods.byol import BYOL
 from mvssl_core.methods.deepcluster import DeepCluster
 from mvssl_core.methods.dino import DINO
 from mvssl_core.methods.simclr import SimCLR
-from mvssl_core.methods.step import StepOutput
+from mvssl_core.methods.step import StepOutput, spec_arg
 from mvssl_core.methods.swav import SwAV
 
 __all__ = ["METHODS", "build_method", "resolved_hyper", "StepOutput", "SimCLR", "BYOL", "DINO", "SwAV", "DeepCluster"]
@@ -77,7 +77,7 @@ def resolved_hyper(name: str, hyper: dict[str, Any]) -> dict[str, Any]:
         >>> resolved_hyper("dino", {"head": {"out": 256}})["head"]["hidden"]
         2048
     """
-    from mvssl_core.heads import DINOHeadSpec, MLPSpec, PrototypeSpec, as_spec
+    from mvssl_core.heads import DINOHeadSpec, MLPSpec, PrototypeSpec
 
     checks.choice(name, "name", tuple(METHODS))
     builder = METHODS[name]
@@ -96,7 +96,7 @@ def resolved_hyper(name: str, hyper: dict[str, Any]) -> dict[str, Any]:
             continue
         kind = type(p.default)
         if kind in (MLPSpec, DINOHeadSpec, PrototypeSpec) and value is not None:  # predictor=None stays None
-            value = dataclasses.asdict(as_spec(value, kind, key))
+            value = dataclasses.asdict(spec_arg(value, kind, key))
         out[key] = value
     if "head" in out:  # DINO
         out["projection_dim"], out["head_out"] = out["head"]["bottleneck"], out["head"]["out"]

@@ -14,13 +14,15 @@ from torch import nn
 from mvssl_core import _checks as checks
 from mvssl_core import bounds, entropy
 from mvssl_core.ema import cosine_momentum, ema_update_, frozen_copy
-from mvssl_core.heads import BYOL_PREDICTOR, BYOL_PROJECTOR, MLPSpec, as_spec, build_mlp
+from mvssl_core.heads import BYOL_PREDICTOR, BYOL_PROJECTOR, MLPSpec, build_mlp
 from mvssl_core.losses import byol_loss
 from mvssl_core.methods.step import (
     ER_TERMS,
     StepOutput,
     check_progress,
     check_views,
+    naming_views,
+    spec_arg,
     er_loss,
     forward_crops,
     projection_metrics,
@@ -82,8 +84,10 @@ class BYOL(nn.Module):
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        projector = as_spec(projector, MLPSpec, "projector")
+        projector = spec_arg(projector, MLPSpec, "projector")
         self.projector = build_mlp(feature_dim, projector)
+        if predictor is not None:
+            predictor = spec_arg(predictor, MLPSpec, "predictor")
         self.predictor = nn.Identity() if predictor is None else build_mlp(projector.out, predictor)
         self.teacher = nn.ModuleDict({"backbone": frozen_copy(backbone), "projector": frozen_copy(self.projector)})
         self.base_momentum = checks.fraction(base_momentum, "base_momentum")
@@ -106,20 +110,21 @@ class BYOL(nn.Module):
         with torch.no_grad():
             t1, t2 = self.teacher["projector"](forward_crops(self.teacher["backbone"], views[:2])).chunk(2)
         extra = {}
-        if self.er:
-            terms = []
-            for p, t, online in ((p1, t2, z2), (p2, t1, z1)):
-                er = bounds.er_bound(p, t, kappa=self.kappa, distributed=self.distributed)  # H(t), log q(t | p)
-                h = er.entropy
-                if self.entropy_branch == "online":
-                    h = entropy.kde_entropy(online, kappa=self.kappa, distributed=self.distributed)
-                terms.append((h, er.reconstruction))
-            h = (terms[0][0] + terms[1][0]) / 2
-            rec = (terms[0][1] + terms[1][1]) / 2
-            loss, extra = er_loss(h, rec, self.er_terms)
-        else:
-            loss = byol_loss(p1, t2, self.distributed) + byol_loss(p2, t1, self.distributed)
-        return report(loss, projection_metrics(z1, z2, self.monitor_kappa, self.distributed), extra)
+        with naming_views():
+            if self.er:
+                terms = []
+                for p, t, online in ((p1, t2, z2), (p2, t1, z1)):
+                    er = bounds.er_bound(p, t, kappa=self.kappa, distributed=self.distributed)  # H(t), log q(t | p)
+                    h = er.entropy
+                    if self.entropy_branch == "online":
+                        h = entropy.kde_entropy(online, kappa=self.kappa, distributed=self.distributed)
+                    terms.append((h, er.reconstruction))
+                h = (terms[0][0] + terms[1][0]) / 2
+                rec = (terms[0][1] + terms[1][1]) / 2
+                loss, extra = er_loss(h, rec, self.er_terms)
+            else:
+                loss = byol_loss(p1, t2, self.distributed) + byol_loss(p2, t1, self.distributed)
+            return report(loss, projection_metrics(z1, z2, self.monitor_kappa, self.distributed), extra)
 
     def training_step(
         self, views: list[torch.Tensor], progress: float, indices: torch.Tensor | None = None

@@ -21,7 +21,6 @@ from mvssl_core.heads import (
     MLPSpec,
     Prototypes,
     PrototypeSpec,
-    as_spec,
     build_mlp,
 )
 from mvssl_core.losses import deepcluster_loss, spherical_kmeans
@@ -32,6 +31,8 @@ from mvssl_core.methods.step import (
     assignment_metrics,
     check_progress,
     check_views,
+    naming_views,
+    spec_arg,
     forward_crops,
     projection_metrics,
     report,
@@ -113,10 +114,10 @@ class DeepCluster(nn.Module):
         distributed: bool = False,
     ) -> None:
         super().__init__()
-        projector = as_spec(projector, MLPSpec, "projector")
+        projector = spec_arg(projector, MLPSpec, "projector")
         self.backbone = backbone
         self.projector = build_mlp(feature_dim, projector)
-        self.prototypes = Prototypes(projector.out, prototypes)
+        self.prototypes = Prototypes(projector.out, spec_arg(prototypes, PrototypeSpec, "prototypes"))
         checks.positive_int(dataset_size, "dataset_size")
         if dataset_size < self.prototypes.spec.n_prototypes:
             raise ValueError(
@@ -162,56 +163,86 @@ class DeepCluster(nn.Module):
         if bool(self.seen.all()):
             self.recluster_(epoch)
 
+    def _indices(self, indices: object, n: int, values: bool) -> torch.Tensor:
+        """The batch's data-set indices, a long ``(n,)`` tensor; with ``values`` (or on the CPU, where it
+        costs no device sync) also that they lie in [0, dataset_size)."""
+        if indices is None:
+            raise ValueError("DeepCluster needs the samples' data-set indices: pass indices=(N,) long tensor")
+        if not isinstance(indices, torch.Tensor) or indices.dtype != torch.long or indices.shape != (n,):
+            raise ValueError(f"indices must be a long tensor of shape ({n},)")
+        if (values or indices.device.type == "cpu") and not bool(self._in_range(indices)):
+            raise self._range_error(indices)
+        return indices
+
+    def _in_range(self, indices: torch.Tensor) -> torch.Tensor:
+        return ((indices >= 0) & (indices < self.seen.shape[0])).all()
+
+    def _range_error(self, indices: torch.Tensor) -> ValueError:
+        return ValueError(
+            f"indices must be data-set indices in [0, dataset_size = {self.seen.shape[0]}), "
+            f"got values from {int(indices.min())} to {int(indices.max())}"
+        )
+
     def forward(
         self, views: list[torch.Tensor], progress: float = 0.0, indices: torch.Tensor | None = None
     ) -> StepOutput:
+        """The step's loss and metrics; ``indices`` (N,) are the samples' rows in the bank.
+
+        On an accelerator the range of ``indices`` is checked within the sync that asks whether the bank
+        is clustered (the DeepCluster loss); the ER loss has no such sync to share, and there an index out
+        of range meets torch's own index check when the bank is written.
+        """
         views = check_views(views, max(2, self.n_global))
         progress = check_progress(progress)
-        if indices is None:
-            raise ValueError("DeepCluster needs the samples' data-set indices: pass indices=(N,) long tensor")
-        if (
-            not isinstance(indices, torch.Tensor)
-            or indices.dtype != torch.long
-            or indices.shape != (views[0].shape[0],)
-        ):
-            raise ValueError(f"indices must be a long tensor of shape ({views[0].shape[0]},)")
+        indices = self._indices(indices, views[0].shape[0], values=False)
         n_crops, g = len(views), self.n_global
         self.prototypes.normalize_()
         z = F.normalize(self.projector(forward_crops(self.backbone, views)), dim=1)
         scores = self.prototypes(z, frozen=self.freeze_prototypes)
-        extra = {}
-        if self.er:
-            terms = []
-            for s in scores:
-                crops = list(s.chunk(n_crops))
-                terms.append(
-                    bounds.er_bound_discrete_multicrop(
-                        crops,
-                        crops[:g],
-                        temperature=self.temperature,
-                        target_temperature=self.target_temperature,
-                        distributed=self.distributed,
+        with naming_views():
+            extra = {}
+            if self.er:
+                terms = []
+                for s in scores:
+                    crops = list(s.chunk(n_crops))
+                    terms.append(
+                        bounds.er_bound_discrete_multicrop(
+                            crops,
+                            crops[:g],
+                            temperature=self.temperature,
+                            target_temperature=self.target_temperature,
+                            distributed=self.distributed,
+                        )
                     )
-                )
-            h = torch.stack([t.entropy for t in terms]).mean()
-            rec = torch.stack([t.reconstruction for t in terms]).mean()
-            loss, extra = er_loss(h, rec, self.er_terms)
-        elif self.clustered:
-            idx = indices.to(self.assignments.device)
-            targets = [a[idx].repeat(n_crops) for a in self.assignments]
-            loss = deepcluster_loss(scores, targets, self.temperature, self.distributed)
-        else:  # the bank is still filling: no targets yet
-            loss = 0.0 * sum(s.float().sum() for s in scores)
-        zs = z.chunk(n_crops)
-        self._remember_(zs[:g], indices)
-        first = scores[0].chunk(n_crops)
-        discrete = assignment_metrics(first[1], first[0], self.temperature, self.target_temperature, self.distributed)
-        return report(loss, projection_metrics(zs[0], zs[1], self.monitor_kappa, self.distributed), discrete, extra)
+                h = torch.stack([t.entropy for t in terms]).mean()
+                rec = torch.stack([t.reconstruction for t in terms]).mean()
+                loss, extra = er_loss(h, rec, self.er_terms)
+            else:
+                idx = indices.to(self.assignments.device)
+                flags = [(self.assignments[0] >= 0).all()]  # self.clustered
+                if indices.device.type != "cpu":  # one sync for both flags
+                    flags.append(self._in_range(idx))
+                clustered, *in_range = torch.stack(flags).tolist()
+                if not all(in_range):
+                    raise self._range_error(indices)
+                if clustered:
+                    targets = [a[idx].repeat(n_crops) for a in self.assignments]
+                    loss = deepcluster_loss(scores, targets, self.temperature, self.distributed)
+                else:  # the bank is still filling: no targets yet
+                    loss = 0.0 * sum(s.float().sum() for s in scores)
+            zs = z.chunk(n_crops)
+            self._remember_(zs[:g], indices)
+            first = scores[0].chunk(n_crops)
+            discrete = assignment_metrics(
+                first[1], first[0], self.temperature, self.target_temperature, self.distributed
+            )
+            return report(loss, projection_metrics(zs[0], zs[1], self.monitor_kappa, self.distributed), discrete, extra)
 
     @torch.no_grad()
     def fill_memory_(self, views: list[torch.Tensor], indices: torch.Tensor) -> None:
         """Write the global-crop projections of one batch into the bank (the pass before training)."""
         views = check_views(views, max(2, self.n_global))
+        indices = self._indices(indices, views[0].shape[0], values=True)
         g = self.n_global
         z = F.normalize(self.projector(forward_crops(self.backbone, views[:g])), dim=1)
         self._remember_(z.chunk(g), indices)

@@ -23,6 +23,8 @@ from mvssl_core.methods.step import (
     assignment_metrics,
     check_progress,
     check_views,
+    naming_views,
+    spec_arg,
     forward_crops,
     projection_metrics,
     report,
@@ -94,13 +96,16 @@ class DINO(nn.Module):
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.head = DINOHead(feature_dim, head)
+        self.head = DINOHead(feature_dim, spec_arg(head, DINOHeadSpec, "head"))
         self.teacher = nn.ModuleDict({"backbone": frozen_copy(backbone), "head": frozen_copy(self.head)})
-        self.center = DINOCenter(self.head.spec.out, center_momentum)
+        self.center = DINOCenter(self.head.spec.out, checks.fraction(center_momentum, "center_momentum"))
         self.n_global = checks.positive_int(n_global, "n_global", minimum=1)
         self.student_temperature = checks.positive(student_temperature, "student_temperature")
-        self.teacher_schedule = (teacher_temperature_start, teacher_temperature_end, teacher_temperature_warmup)
-        teacher_temperature(0.0, *self.teacher_schedule)  # validates
+        self.teacher_schedule = (
+            checks.positive(teacher_temperature_start, "teacher_temperature_start"),
+            checks.positive(teacher_temperature_end, "teacher_temperature_end"),
+            checks.fraction(teacher_temperature_warmup, "teacher_temperature_warmup"),
+        )
         self.er = checks.boolean(er, "er")
         self.er_terms = checks.choice(er_terms, "er_terms", ER_TERMS)
         self.centering = (not self.er) if centering is None else checks.boolean(centering, "centering")
@@ -124,25 +129,26 @@ class DINO(nn.Module):
             teacher = list(t_logits.chunk(g))
         tau_s, tau_t = self.student_temperature, teacher_temperature(progress, *self.teacher_schedule)
         center = self.center.center.clone() if self.centering else torch.zeros_like(self.center.center)
-        extra = {}
-        if self.er:
-            er = bounds.er_bound_discrete_multicrop(
-                student,
-                [t - center for t in teacher] if self.centering else teacher,
-                temperature=tau_s,
-                target_temperature=tau_t,
-                entropy_branch="prediction" if self.entropy_branch == "student" else "target",
-                distributed=self.distributed,
-            )
-            h, rec = er.entropy, er.reconstruction
-            loss, extra = er_loss(h, rec, self.er_terms)
-        else:
-            loss = dino_loss(student, teacher, center, tau_s, tau_t, self.distributed)
-        if self.centering and torch.is_grad_enabled():
-            self.center.update_(teacher, self.distributed)
-        z1, z2 = z.chunk(n_crops)[:2]
-        discrete = assignment_metrics(student[1], teacher[0] - center, tau_s, tau_t, self.distributed)
-        return report(loss, projection_metrics(z1, z2, self.monitor_kappa, self.distributed), discrete, extra)
+        with naming_views():
+            extra = {}
+            if self.er:
+                er = bounds.er_bound_discrete_multicrop(
+                    student,
+                    [t - center for t in teacher] if self.centering else teacher,
+                    temperature=tau_s,
+                    target_temperature=tau_t,
+                    entropy_branch="prediction" if self.entropy_branch == "student" else "target",
+                    distributed=self.distributed,
+                )
+                h, rec = er.entropy, er.reconstruction
+                loss, extra = er_loss(h, rec, self.er_terms)
+            else:
+                loss = dino_loss(student, teacher, center, tau_s, tau_t, self.distributed)
+            if self.centering and torch.is_grad_enabled():
+                self.center.update_(teacher, self.distributed)
+            z1, z2 = z.chunk(n_crops)[:2]
+            discrete = assignment_metrics(student[1], teacher[0] - center, tau_s, tau_t, self.distributed)
+            return report(loss, projection_metrics(z1, z2, self.monitor_kappa, self.distributed), discrete, extra)
 
     def training_step(
         self, views: list[torch.Tensor], progress: float, indices: torch.Tensor | None = None

@@ -20,6 +20,8 @@ from mvssl_core.methods.step import (
     StepOutput,
     check_progress,
     check_views,
+    naming_views,
+    spec_arg,
     er_loss,
     forward_crops,
     projection_metrics,
@@ -69,7 +71,7 @@ class SimCLR(nn.Module):
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.projector = build_mlp(feature_dim, projector)
+        self.projector = build_mlp(feature_dim, spec_arg(projector, MLPSpec, "projector"))
         self.temperature = checks.positive(temperature, "temperature")
         self.er = checks.boolean(er, "er")
         self.er_terms = checks.choice(er_terms, "er_terms", ER_TERMS)
@@ -85,13 +87,15 @@ class SimCLR(nn.Module):
         progress = check_progress(progress)
         z1, z2 = self.projector(forward_crops(self.backbone, views[:2])).chunk(2)
         extra = {}
-        if self.er:
-            kw = dict(kappa=self.kappa, estimator=self.estimator, distributed=self.distributed)
-            a, b = bounds.er_bound(z1, z2, **kw), bounds.er_bound(z2, z1, **kw)
-            loss, extra = er_loss((a.entropy + b.entropy) / 2, (a.reconstruction + b.reconstruction) / 2, self.er_terms)
-        else:
-            loss = nt_xent(z1, z2, temperature=self.temperature, distributed=self.distributed)
-        return report(loss, projection_metrics(z1, z2, self.monitor_kappa, self.distributed), extra)
+        with naming_views():
+            if self.er:
+                kw = dict(kappa=self.kappa, estimator=self.estimator, distributed=self.distributed)
+                a, b = bounds.er_bound(z1, z2, **kw), bounds.er_bound(z2, z1, **kw)
+                h, rec = (a.entropy + b.entropy) / 2, (a.reconstruction + b.reconstruction) / 2
+                loss, extra = er_loss(h, rec, self.er_terms)
+            else:
+                loss = nt_xent(z1, z2, temperature=self.temperature, distributed=self.distributed)
+            return report(loss, projection_metrics(z1, z2, self.monitor_kappa, self.distributed), extra)
 
     def training_step(
         self, views: list[torch.Tensor], progress: float, indices: torch.Tensor | None = None

@@ -12,7 +12,8 @@ terms of its projections, so the entropy dynamics of any method can be plotted
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import contextlib
+from typing import Iterator, NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -20,11 +21,14 @@ from torch import nn
 
 from mvssl_core import _checks as checks
 from mvssl_core import bounds, dist
+from mvssl_core.heads import as_spec
 
 __all__ = [
     "StepOutput",
     "forward_crops",
     "check_views",
+    "naming_views",
+    "spec_arg",
     "check_progress",
     "projection_metrics",
     "assignment_metrics",
@@ -49,18 +53,65 @@ class StepOutput(NamedTuple):
 
 
 def check_views(views: object, minimum: int) -> list[torch.Tensor]:
-    """A list of at least ``minimum`` image batches (tensors with the same number of rows)."""
+    """At least ``minimum`` image batches in a list: floating ``(N, C, H, W)`` tensors of one N and one C.
+
+    Shapes and dtypes only (no look at the values, so no device sync): NaN or inf pixels flow through
+    the networks and are reported where the loss checks its inputs (:func:`naming_views`).
+    """
     if isinstance(views, torch.Tensor) or not isinstance(views, (list, tuple)):
         raise TypeError(f"views must be a list of image batches, got {type(views).__name__}")
     if len(views) < minimum:
         raise ValueError(f"views must hold at least {minimum} views, got {len(views)}")
-    n = views[0].shape[0]
     for i, v in enumerate(views):
         if not isinstance(v, torch.Tensor):
-            raise TypeError(f"views[{i}] must be a tensor, got {type(v).__name__}")
+            raise TypeError(f"views[{i}] must be a tensor (an image batch), got {type(v).__name__}")
+        if not torch.is_floating_point(v):
+            raise TypeError(f"views[{i}] must be a floating-point image batch, got dtype {v.dtype}")
+        if v.dim() != 4:
+            raise ValueError(f"views[{i}] must have shape (N, C, H, W), got a tensor of shape {tuple(v.shape)}")
+    n, c = views[0].shape[:2]
+    for i, v in enumerate(views):
         if v.shape[0] != n:
             raise ValueError(f"every view must have the same batch size, views[0] has {n} and views[{i}] {v.shape[0]}")
+        if v.shape[1] != c:
+            raise ValueError(
+                f"every view must have the same number of channels, views[0] has {c} and views[{i}] {v.shape[1]}"
+            )
     return list(views)
+
+
+@contextlib.contextmanager
+def naming_views() -> Iterator[None]:
+    """Re-raise a loss's "must contain only finite values" error as one that names ``views``.
+
+    A method's forward checks no pixel values (that would be one more device sync per step); the
+    losses already check that the projections they get are finite, and this says where such
+    values came from: the views given to the forward, or weights that diverged.
+    """
+    try:
+        yield
+    except ValueError as e:
+        if "must contain only finite values" not in str(e):
+            raise
+        raise ValueError(
+            f"views gave non-finite projections (NaN or inf in the input views, or weights that diverged): {e}"
+        ) from e
+
+
+_Spec = TypeVar("_Spec")
+
+
+def spec_arg(value: object, cls: type[_Spec], name: str) -> _Spec:
+    """``value`` as a head spec of type ``cls`` (a spec, or a dict of its fields from a config file).
+
+    Every error names the method's argument ``name``: "projector: hidden must be an int >= 1, got 0".
+    """
+    try:
+        return as_spec(value, cls, name)  # type: ignore[type-var]
+    except (TypeError, ValueError) as e:
+        if str(e).startswith((f"{name} ", f"{name}:")):  # as_spec named it already
+            raise
+        raise type(e)(f"{name}: {e}") from None
 
 
 def check_progress(progress: object) -> float:

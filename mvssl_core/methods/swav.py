@@ -15,7 +15,7 @@ from torch import nn
 
 from mvssl_core import _checks as checks
 from mvssl_core import bounds, dist
-from mvssl_core.heads import SWAV_PROJECTOR, SWAV_PROTOTYPES, MLPSpec, Prototypes, PrototypeSpec, as_spec, build_mlp
+from mvssl_core.heads import SWAV_PROJECTOR, SWAV_PROTOTYPES, MLPSpec, Prototypes, PrototypeSpec, build_mlp
 from mvssl_core.losses import SwAVQueue, sinkhorn, swav_loss
 from mvssl_core.methods.step import (
     ER_TERMS,
@@ -24,6 +24,8 @@ from mvssl_core.methods.step import (
     assignment_metrics,
     check_progress,
     check_views,
+    naming_views,
+    spec_arg,
     forward_crops,
     projection_metrics,
     report,
@@ -89,10 +91,10 @@ class SwAV(nn.Module):
         distributed: bool = False,
     ) -> None:
         super().__init__()
-        projector = as_spec(projector, MLPSpec, "projector")
+        projector = spec_arg(projector, MLPSpec, "projector")
         self.backbone = backbone
         self.projector = build_mlp(feature_dim, projector)
-        self.prototypes = Prototypes(projector.out, prototypes)
+        self.prototypes = Prototypes(projector.out, spec_arg(prototypes, PrototypeSpec, "prototypes"))
         self.n_global = checks.positive_int(n_global, "n_global", minimum=1)
         self.temperature = checks.positive(temperature, "temperature")
         self.epsilon = checks.positive(epsilon, "epsilon")
@@ -120,31 +122,35 @@ class SwAV(nn.Module):
         z = F.normalize(self.projector(forward_crops(self.backbone, views)), dim=1)
         scores = self.prototypes(z, frozen=progress < self.freeze_prototypes)[0]
         crops, zs = list(scores.chunk(n_crops)), z.chunk(n_crops)
-        extra = {}
-        if self.er:
-            er = bounds.er_bound_discrete_multicrop(
-                crops,
-                crops[:g],
-                temperature=self.temperature,
-                target_temperature=self.target_temperature,
-                distributed=self.distributed,
+        with naming_views():
+            extra = {}
+            if self.er:
+                er = bounds.er_bound_discrete_multicrop(
+                    crops,
+                    crops[:g],
+                    temperature=self.temperature,
+                    target_temperature=self.target_temperature,
+                    distributed=self.distributed,
+                )
+                h, rec = er.entropy, er.reconstruction
+                loss, extra = er_loss(h, rec, self.er_terms)
+            else:
+                use_queue = self.queue is not None and progress >= self.queue_start
+                codes = []
+                with torch.no_grad():
+                    for a in range(g):
+                        s = crops[a].detach()
+                        if use_queue and self.queue.full:
+                            s = torch.cat([s, self.prototypes(self.queue.queue[a])[0]])
+                        q = sinkhorn(s, self.epsilon, self.sinkhorn_iters, self.distributed)
+                        codes.append(q[: crops[a].shape[0]])
+                    if use_queue:
+                        self.queue.push_(list(zs[:g]))
+                loss = swav_loss(crops, codes, self.temperature, self.distributed)
+            discrete = assignment_metrics(
+                crops[1], crops[0], self.temperature, self.target_temperature, self.distributed
             )
-            h, rec = er.entropy, er.reconstruction
-            loss, extra = er_loss(h, rec, self.er_terms)
-        else:
-            use_queue = self.queue is not None and progress >= self.queue_start
-            codes = []
-            with torch.no_grad():
-                for a in range(g):
-                    s = crops[a].detach()
-                    if use_queue and self.queue.full:
-                        s = torch.cat([s, self.prototypes(self.queue.queue[a])[0]])
-                    codes.append(sinkhorn(s, self.epsilon, self.sinkhorn_iters, self.distributed)[: crops[a].shape[0]])
-                if use_queue:
-                    self.queue.push_(list(zs[:g]))
-            loss = swav_loss(crops, codes, self.temperature, self.distributed)
-        discrete = assignment_metrics(crops[1], crops[0], self.temperature, self.target_temperature, self.distributed)
-        return report(loss, projection_metrics(zs[0], zs[1], self.monitor_kappa, self.distributed), discrete, extra)
+            return report(loss, projection_metrics(zs[0], zs[1], self.monitor_kappa, self.distributed), discrete, extra)
 
     def training_step(
         self, views: list[torch.Tensor], progress: float, indices: torch.Tensor | None = None
