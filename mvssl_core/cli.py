@@ -21,17 +21,21 @@ against a second writer meanwhile)::
     python -m mvssl_core linear-eval runs/byol_er [--set data.root=/data/imagenet] [--epochs 100]
 
 Errors in the arguments, the configuration, the data or a checkpoint end the program with a one-line
-message and exit status 2.
+message and exit status 2 (every numeric flag is range-checked when the arguments are parsed, before a
+checkpoint or any data is read); a run that diverges ends with a one-line message and exit status 1.
+Under torchrun, ``MVSSL_DIST_TIMEOUT_S`` (default 600) bounds how long a rank waits for the others.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
+from collections.abc import Callable
 
-from mvssl_core.config import ConfigError, RunConfig, from_dict, load_config, to_dict, validate
+from mvssl_core.config import MAX_SEED, MAX_SIZE, ConfigError, RunConfig, from_dict, load_config, to_dict, validate
 
 __all__ = ["main", "build_parser"]
 
@@ -52,8 +56,41 @@ _FLAGS = {
 }
 
 
+_MAX_INT = 2**63 - 1  # what a torch int64 holds
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr (``prog: error: argument --x: ...``), exit status 2."""
+
+    def error(self, message: str) -> None:  # argparse's own prints the usage too: several lines
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _int_in(lo: int, hi: int = _MAX_INT) -> Callable[[str], int]:
+    """An argparse ``type=``: an integer in [lo, hi] (else "error: argument --x: ..." and exit status 2)."""
+
+    def parse(text: str) -> int:
+        value = int(text)  # a ValueError: argparse says "invalid int value: 'x'"
+        if not lo <= value <= hi:
+            bound = f">= {lo}" if hi == _MAX_INT else f"in [{lo}, {hi}]"
+            raise argparse.ArgumentTypeError(f"must be an integer {bound}, got {text}")
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in its own messages
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    """An argparse ``type=``: a finite number > 0."""
+    value = float(text)  # a ValueError: argparse says "invalid _positive_float value: 'x'"
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mvssl_core", description=__doc__.split("\n\n")[0])
+    """The parser; every numeric flag is range-checked here, before a checkpoint or any data is read."""
+    parser = _Parser(prog="python -m mvssl_core", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="{pretrain,evaluate,linear-eval}")
 
     p = sub.add_parser("pretrain", help="pre-train a method (CPU, or several processes under torchrun)")
@@ -63,26 +100,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--method", help="method name, e.g. simclr, byol_er, dino, swav_er, deepcluster")
     p.add_argument("--data", help="data set: digits, shapes, cifar10, cifar100, stl10, imagefolder")
-    p.add_argument("--size", type=int, help="image side in px")
+    p.add_argument("--size", type=_int_in(8, MAX_SIZE), help=f"image side in px (8 to {MAX_SIZE})")
     p.add_argument("--backbone", help="resnet18, resnet50 or convnet")
-    p.add_argument("--steps", type=int, help="optimizer steps (overrides --epochs)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="the global batch")
-    p.add_argument("--accumulate", type=int, help="gradient-accumulation micro-batches per step")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--steps", type=_int_in(1), help="optimizer steps (overrides --epochs)")
+    p.add_argument("--epochs", type=_int_in(1))
+    p.add_argument("--batch-size", type=_int_in(2), help="the global batch")
+    p.add_argument("--accumulate", type=_int_in(1), help="gradient-accumulation micro-batches per step")
+    p.add_argument("--seed", type=_int_in(0, MAX_SEED), help=f"0 to {MAX_SEED}")
     p.add_argument("--out", help="the run's folder")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--num-workers", type=int)
+    p.add_argument("--num-workers", type=_int_in(0))
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
-    p.add_argument("--stop-after", type=int, metavar="STEPS",
+    p.add_argument("--stop-after", type=_int_in(1), metavar="STEPS",
                    help="stop once STEPS steps are done, as a pre-emption would (without the final checkpoint "
                         "and results; to test resuming)")
 
     e = sub.add_parser("evaluate", help="kNN and linear probe of a checkpoint's frozen encoder")
     e.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by pretrain")
     e.add_argument("--data", help="data set to evaluate on (default: the run's)")
-    e.add_argument("--size", type=int, help="image side in px (default: the run's)")
+    e.add_argument("--size", type=_int_in(8, MAX_SIZE), help="image side in px (default: the run's)")
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key of the run (e.g. eval.k=10, data.root=/data)")
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -92,12 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     le.add_argument("run", metavar="RUN_DIR", help="the run's folder (holds checkpoint.pt and results.json)")
     le.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config key of the run (e.g. data.root=/data/imagenet, num_workers=8)")
-    le.add_argument("--epochs", type=int, help="epochs of the linear head (default 100)")
-    le.add_argument("--batch-size", type=int, help="the global batch (default 1024)")
-    le.add_argument("--lr", type=float, help="base learning rate, scaled by batch/256 (default 0.1)")
+    le.add_argument("--epochs", type=_int_in(1), help="epochs of the linear head (default 100)")
+    le.add_argument("--batch-size", type=_int_in(1), help="the global batch (default 1024)")
+    le.add_argument("--lr", type=_positive_float, help="base learning rate, scaled by batch/256 (default 0.1)")
     le.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     le.add_argument("--quiet", action="store_true", help="no line per epoch")
     return parser
+
+
+_positive_float.__name__ = "float"  # argparse names the type in its own messages
 
 
 def _flag_overrides(args: argparse.Namespace) -> list[str]:
@@ -112,9 +152,8 @@ def _flag_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _pretrain(args: argparse.Namespace, command: str) -> int:
-    import yaml
-
     from mvssl_core import train as train_mod
+    from mvssl_core.config import dump_yaml
 
     overrides = _flag_overrides(args) + list(args.overrides)
     base = None
@@ -132,10 +171,8 @@ def _pretrain(args: argparse.Namespace, command: str) -> int:
         raise ConfigError("choose a method: --method NAME (e.g. --method simclr), or a --config file that sets one")
     cfg = load_config(args.config, overrides, base=base)
     if args.print_config:
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        print(dump_yaml(to_dict(cfg)), end="")
         return 0
-    if args.stop_after is not None and args.stop_after < 1:
-        raise ConfigError(f"--stop-after must be >= 1, got {args.stop_after}")
     record = train_mod.train(cfg, resume=args.resume, stop_after=args.stop_after, command=command)
     if record is not None:
         final = record["metrics"]["final"]

@@ -13,15 +13,26 @@ given as a dict of its fields, e.g. ``hyper.projector={hidden: 512, out: 128}``,
 Likewise ``model.kwargs`` go to :func:`mvssl_core.backbones.build_backbone` and ``data.view_kwargs``
 to the views recipe.
 
+YAML is read as YAML 1.2 reads it, not as PyYAML's YAML 1.1: only ``true`` / ``false`` are booleans
+(``yes``, ``no``, ``on``, ``off`` stay strings, so ``eval.knn=no`` is refused, not read as false, and a
+split named ``off`` stays a name) and ``1e-3`` is a float (YAML 1.1 needs ``1.0e-3``). A quoted value
+is a string: ``optim.lr="0.1"`` is refused, no string is turned into a number or a boolean, and no
+boolean into a number. A document whose aliases expand to more than :data:`MAX_YAML_NODES` nodes (a
+"billion laughs" file) or that refers to itself is refused before anything is built from it.
+
 Every check raises :class:`ConfigError` (a ``ValueError``) naming the key, the value and what was
-expected. The resolved configuration (:func:`to_dict`) is saved with every run (``config.yaml``,
-the checkpoint and the results file).
+expected. Every float key must be finite (NaN passes every comparison, so it is refused by name,
+whatever the key); so must every float inside ``hyper``, ``model.kwargs``, ``data.view_kwargs`` and
+``data.kwargs``, and every integer must fit in 64 bits. The resolved configuration (:func:`to_dict`) is
+saved with every run (``config.yaml``, the checkpoint and the results file).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -47,11 +58,31 @@ __all__ = [
     "load_config",
     "save_config",
     "validate",
+    "read_yaml",
+    "dump_yaml",
+    "MAX_YAML_NODES",
+    "MAX_SEED",
+    "MAX_SIZE",
+    "MAX_LR",
 ]
 
 
 BATCHED_VIEWS = ("imagefolder", "digits", "shapes")
 """Data sets the batched (``data.gpu_pipeline``) views accept: JPEG files, or uint8 tensors in memory."""
+
+
+MAX_YAML_NODES = 100_000
+"""Most nodes a YAML document (a config file or an override's value) may have once its aliases are expanded."""
+
+MAX_SEED = 2**32 - 1
+"""Largest ``seed``: numpy's seeds are below 2**32 (and torch's below 2**64)."""
+
+MAX_LR = 1e6
+"""Largest ``optim.lr`` and ``probe.lr``: far above any working rate, far below where an optimizer's step
+overflows float32 (AdamW failed on 1e38 with a RuntimeError)."""
+
+MAX_SIZE = 4096
+"""Largest ``data.size`` in px (one 4096 x 4096 view is already 200 MB in float32)."""
 
 
 class ConfigError(ValueError):
@@ -221,7 +252,12 @@ class RunConfig:
 
 
 def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
-    """Whether ``value`` fits the annotation ``tp``; returns (ok, value converted)."""
+    """Whether ``value`` fits the annotation ``tp``; returns (ok, value converted).
+
+    The only conversion is int -> float for a float key (``optim.lr: 1`` is 1.0; an int too large for a
+    float becomes inf, which the finiteness check then refuses). Strings are never read as numbers or
+    booleans, and booleans are not numbers.
+    """
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         for arg in typing.get_args(tp):
@@ -236,13 +272,31 @@ def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
     if tp is int:
         return isinstance(value, int) and not isinstance(value, bool), value
     if tp is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return ok, float(value) if ok else value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False, value
+        try:
+            return True, float(value)
+        except OverflowError:  # an int beyond 1.8e308
+            return True, math.inf if value > 0 else -math.inf
     if tp is str:
         return isinstance(value, str), value
     if tp is dict or origin is dict:
         return isinstance(value, dict), value
     raise TypeError(f"unsupported annotation {tp!r}")  # pragma: no cover - a bug in this file
+
+
+def _type_hint(value: Any, tp: Any) -> str:
+    """A hint for a value of the wrong type that a YAML habit may explain."""
+    accepts = {tp} if typing.get_origin(tp) not in (Union, types.UnionType) else set(typing.get_args(tp))
+    if isinstance(value, str) and (bool in accepts) and value.lower() in ("yes", "no", "on", "off", "y", "n"):
+        return "; write true or false"
+    if isinstance(value, str) and accepts & {int, float}:
+        try:
+            float(value)
+        except ValueError:
+            return ""
+        return "; write the number without quotes"
+    return ""
 
 
 def _type_name(tp: Any) -> str:
@@ -274,9 +328,38 @@ def from_dict(cls: type, values: dict | None, where: str = "") -> Any:
             continue
         ok, converted = _type_ok(value, tp)
         if not ok:
-            raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {type(value).__name__} ({value!r:.80})")
+            raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {type(value).__name__} "
+                              f"({value!r:.80}){_type_hint(value, tp)}")
+        _check_numbers(converted, key)
         kwargs[name] = converted
     return cls(**kwargs)
+
+
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _check_numbers(value: Any, key: str) -> None:
+    """Refuse a non-finite float or an integer beyond 64 bits in ``value`` (nested dicts and lists included)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key '{key}' must be a finite number, got {value}")
+    if isinstance(value, int) and not isinstance(value, bool) and not _INT64[0] <= value <= _INT64[1]:
+        raise ConfigError(f"config key '{key}' must fit in 64 bits (|value| < 2**63), got an integer of {value.bit_length()} bits")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_numbers(v, f"{key}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_numbers(v, f"{key}[{i}]")
+
+
+def _check_all_numbers(cfg: Any, where: str = "") -> None:
+    """:func:`_check_numbers` on every field of the dataclass ``cfg``, walking the nested dataclasses."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_all_numbers(value, f"{where}{f.name}.")
+        else:
+            _check_numbers(value, f"{where}{f.name}")
 
 
 def to_dict(cfg: Any) -> dict:
@@ -288,6 +371,82 @@ def to_dict(cfg: Any) -> dict:
 # overrides
 
 
+_BOOL_TAG, _FLOAT_TAG = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:float"
+# YAML 1.2's core-schema floats: 1e-3, 1.5, .5, 1.0e+6, .inf, -.inf, .nan (YAML 1.1 needs a dot and a signed exponent)
+_FLOAT_12 = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?
+    |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X)
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` with YAML 1.2's booleans (true / false only) and floats, and a bound on aliases."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_BOOL_TAG, _FLOAT_TAG)]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def compose_document(self) -> yaml.Node:
+        node = super().compose_document()
+        _expanded_size(node, {}, set())
+        return node
+
+
+_Loader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Loader.add_implicit_resolver(_FLOAT_TAG, _FLOAT_12, list("-+0123456789."))
+
+
+class _Dumper(yaml.SafeDumper):
+    """``yaml.SafeDumper`` that also quotes the strings YAML 1.2 would read as floats (``'1e-3'``): its output reads
+    back the same with :class:`_Loader` and with ``yaml.safe_load``."""
+
+
+_Dumper.add_implicit_resolver(_FLOAT_TAG, _FLOAT_12, list("-+0123456789."))
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_: set[int]) -> int:
+    """Nodes of ``node`` with every alias expanded (each shared node counted once per use); raises
+    :class:`_TooLarge` beyond :data:`MAX_YAML_NODES` or on a node that contains itself."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_:
+        raise _TooLarge("an alias refers to a node that contains it (a recursive structure)")
+    open_.add(key)
+    n = 1
+    if isinstance(node, yaml.SequenceNode):
+        n += sum(_expanded_size(child, sizes, open_) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        n += sum(_expanded_size(k, sizes, open_) + _expanded_size(v, sizes, open_) for k, v in node.value)
+    open_.discard(key)
+    if n > MAX_YAML_NODES:
+        raise _TooLarge(f"its aliases expand to more than {MAX_YAML_NODES} nodes (an alias bomb?)")
+    sizes[key] = n
+    return n
+
+
+def _load_yaml(text: str, what: str) -> Any:
+    """``text`` parsed with :class:`_Loader`; a ConfigError naming ``what`` if it is not valid or too large."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
+    except _TooLarge as e:
+        raise ConfigError(f"{what} is refused: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{what} is refused: it is nested too deeply") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} is not valid YAML: {e}") from None
+
+
+def dump_yaml(values: Any) -> str:
+    """``values`` as YAML (keys in their order) that :func:`read_yaml` and ``yaml.safe_load`` read back the same."""
+    return yaml.dump(values, Dumper=_Dumper, sort_keys=False)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"optim.lr=0.1"`` -> ``(["optim", "lr"], 0.1)``; the value is read as YAML (``[32, 64]``, ``true``, ``null``)."""
     if not isinstance(text, str) or "=" not in text:
@@ -297,10 +456,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = key.split(".")
     if not key or any(not p for p in parts):
         raise ConfigError(f"override {text!r}: the key must be dotted names like optim.lr")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as e:
-        raise ConfigError(f"override {text!r}: the value is not valid YAML ({e})") from None
+    value = _load_yaml(raw, f"override {text[:200]!r}: the value") if raw.strip() else ""
     return parts, value
 
 
@@ -328,14 +484,15 @@ def apply_overrides(values: dict, overrides: list[str] | tuple[str, ...]) -> dic
 
 
 def read_yaml(path: str | os.PathLike) -> dict:
-    """A YAML mapping from ``path`` (``yaml.safe_load``), with clear errors."""
+    """A YAML mapping from ``path`` (safe, YAML 1.2 booleans and floats, aliases bounded), with clear errors."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    values = _load_yaml(text, f"config file {path}")
     if values is None:
         return {}
     if not isinstance(values, dict):
@@ -364,7 +521,7 @@ def _merge(a: dict, b: dict) -> dict:
 
 def save_config(cfg: RunConfig, path: str | os.PathLike) -> Path:
     """Write the resolved configuration as YAML, atomically (:func:`mvssl_core.atomic.atomic_write`)."""
-    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    text = dump_yaml(to_dict(cfg))
     return atomic_write(path, lambda f: f.write(text))
 
 
@@ -385,13 +542,23 @@ def _at_least(value: Any, key: str, minimum: float, strict: bool = False) -> Non
         raise ConfigError(f"config key '{key}' must be {'>' if strict else '>='} {minimum}, got {value!r}")
 
 
+def _at_most(value: Any, key: str, maximum: float) -> None:
+    if value is not None and value > maximum:
+        raise ConfigError(f"config key '{key}' must be <= {maximum}, got {value!r}")
+
+
 def validate(cfg: RunConfig) -> RunConfig:
-    """Range and consistency checks that the types alone do not express."""
+    """Range and consistency checks that the types alone do not express.
+
+    Every float must be finite and every integer fit in 64 bits, for every field of the dataclasses (found by
+    walking them: a new key is covered) and inside their dicts.
+    """
     from mvssl_core.backbones import BACKBONES
     from mvssl_core.data import DATASETS
     from mvssl_core.methods import METHODS
     from mvssl_core.views import VIEWS
 
+    _check_all_numbers(cfg)
     _choice(cfg.method, "method", tuple(METHODS))
     if "er" in cfg.hyper:
         raise ConfigError("config key 'hyper.er' is not allowed: choose the ER variant by name (e.g. method: byol_er)")
@@ -401,6 +568,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.data.views is not None:
         _choice(cfg.data.views, "data.views", tuple(VIEWS))
     _at_least(cfg.data.size, "data.size", 8)
+    _at_most(cfg.data.size, "data.size", MAX_SIZE)
     _at_least(cfg.data.n, "data.n", 1)
     if isinstance(cfg.data.gpu_pipeline, str) and cfg.data.gpu_pipeline != "auto":
         raise ConfigError(f"config key 'data.gpu_pipeline' must be true, false or 'auto', got {cfg.data.gpu_pipeline!r}")
@@ -410,12 +578,14 @@ def validate(cfg: RunConfig) -> RunConfig:
     _choice(cfg.model.backbone, "model.backbone", BACKBONES)
     _choice(cfg.optim.name, "optim.name", ("lars", "sgd", "adamw"))
     _at_least(cfg.optim.lr, "optim.lr", 0.0, strict=True)
+    _at_most(cfg.optim.lr, "optim.lr", MAX_LR)
     _at_least(cfg.optim.final_lr, "optim.final_lr", 0.0)
     _at_least(cfg.optim.weight_decay, "optim.weight_decay", 0.0)
     if not 0.0 <= cfg.optim.momentum < 1.0:
         raise ConfigError(f"config key 'optim.momentum' must be in [0, 1), got {cfg.optim.momentum}")
     _at_least(cfg.optim.warmup_epochs, "optim.warmup_epochs", 0.0)
     _at_least(cfg.probe.lr, "probe.lr", 0.0, strict=True)
+    _at_most(cfg.probe.lr, "probe.lr", MAX_LR)
     _at_least(cfg.eval.k, "eval.k", 1)
     _at_least(cfg.eval.temperature, "eval.temperature", 0.0, strict=True)
     _at_least(cfg.eval.max_train, "eval.max_train", 1)
@@ -426,6 +596,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"batch_size ({cfg.batch_size}) must be a multiple of accumulate ({cfg.accumulate})")
     if cfg.batch_size // cfg.accumulate < 2:
         raise ConfigError(f"each micro-batch (batch_size / accumulate = {cfg.batch_size // cfg.accumulate}) needs >= 2 samples")
+    _at_least(cfg.seed, "seed", 0)
+    _at_most(cfg.seed, "seed", MAX_SEED)
     _at_least(cfg.epochs, "epochs", 1)
     _at_least(cfg.steps, "steps", 1)
     _at_least(cfg.num_workers, "num_workers", 0)

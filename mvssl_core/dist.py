@@ -13,9 +13,20 @@ gradients over the ranks, which turns this into exactly ``dL/dtheta`` of the sin
 over the concatenated batch. (Tested with two gloo processes in ``tests/test_dist.py``.)
 
 Without an initialised process group, or with one process, everything here is the identity.
+
+Timeout. The trainer initialises the process group with the timeout of :func:`process_group_timeout`:
+``MVSSL_DIST_TIMEOUT_S`` seconds (default :data:`DEFAULT_TIMEOUT_S`, 10 minutes, instead of torch's 30),
+so that a stopped or crashed rank ends the others' wait at a collective with an error within minutes.
+It bounds every collective, so it must exceed the longest time one rank works alone between two of
+them (rank 0 writing a checkpoint, a DeepCluster re-clustering); raise it for a slow file system. (With
+NCCL the timeout is enforced by its watchdog, on by default since torch 2.2.)
 """
 
 from __future__ import annotations
+
+import datetime
+import math
+import os
 
 import torch
 import torch.distributed as torch_dist
@@ -30,7 +41,37 @@ __all__ = [
     "global_count",
     "global_mean",
     "local_slice",
+    "process_group_timeout",
+    "TIMEOUT_ENV",
+    "DEFAULT_TIMEOUT_S",
 ]
+
+TIMEOUT_ENV = "MVSSL_DIST_TIMEOUT_S"
+"""Environment variable: the process group's timeout in seconds."""
+
+DEFAULT_TIMEOUT_S = 600.0
+"""The process group's timeout when :data:`TIMEOUT_ENV` is unset: 10 minutes."""
+
+
+def process_group_timeout() -> datetime.timedelta:
+    """The timeout for ``init_process_group``: ``$MVSSL_DIST_TIMEOUT_S`` seconds, else :data:`DEFAULT_TIMEOUT_S`.
+
+    Raises:
+        ConfigError: the variable is not a finite number of seconds > 0 (at most a year).
+    """
+    from mvssl_core.config import ConfigError
+
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return datetime.timedelta(seconds=DEFAULT_TIMEOUT_S)
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and 0 < seconds <= 366 * 86400):
+        raise ConfigError(f"environment variable {TIMEOUT_ENV} must be a number of seconds > 0 (at most a year), "
+                          f"got {text[:80]!r}")
+    return datetime.timedelta(seconds=seconds)
 
 
 def is_distributed() -> bool:

@@ -101,6 +101,7 @@ __all__ = [
     "build_eval_sets",
     "evaluate_run",
     "CheckpointError",
+    "DivergenceError",
     "MetricsLogError",
     "GlobalBatchSampler",
     "load_checkpoint",
@@ -131,6 +132,12 @@ _RESUMABLE_CHANGES = {"num_workers", "progress", "log_every", "checkpoint_every"
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or is not a checkpoint of this trainer."""
+
+
+class DivergenceError(FloatingPointError):
+    """A run diverged: its loss or its state (parameters, buffers such as BatchNorm statistics, optimizer state)
+    is not finite, or the model failed its own input checks after training steps. No checkpoint with non-finite
+    state is written: the last one written is intact. The command line prints it in one line (exit status 1)."""
 
 
 class MetricsLogError(CheckpointError):
@@ -328,6 +335,8 @@ def _use_gpu_pipeline(cfg: RunConfig, rt: Runtime) -> bool:
 
 
 def _init_runtime(cfg: RunConfig) -> Runtime:
+    """The device, precision and process group of this process (the group initialised under torchrun, with the
+    timeout of :func:`mvssl_core.dist.process_group_timeout`)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -340,7 +349,8 @@ def _init_runtime(cfg: RunConfig) -> Runtime:
         device = torch.device("cpu")
     owns = False
     if world > 1 and not torch_dist.is_initialized():
-        torch_dist.init_process_group(backend="nccl" if want_cuda else "gloo")
+        # a bounded wait (dist.process_group_timeout): a stopped rank ends the others' runs within minutes
+        torch_dist.init_process_group(backend="nccl" if want_cuda else "gloo", timeout=dist.process_group_timeout())
         owns = True
     distributed = dist.is_distributed()
     on_gpu = device.type == "cuda"
@@ -893,12 +903,22 @@ def _train(cfg: RunConfig, rt: Runtime, *, resume: bool, stop_after: int | None,
                     sync = model.no_sync() if rt.distributed and not last else contextlib.nullcontext()
                     captured.clear()
                     with sync:
-                        with autocast():
-                            out = model(views, progress, indices)
-                        if not math.isfinite(out.metrics["loss"]):
-                            raise FloatingPointError(
+                        try:
+                            with autocast():
+                                out = model(views, progress, indices)
+                        except ValueError as e:  # an estimator's input check: NaN features, zero rows...
+                            if step == resumed_at and not _non_finite(method, probe):
+                                raise  # before any update of this process: not a divergence
+                            raise DivergenceError(
+                                f"{cfg.method}: training diverged by step {step} (epoch {epoch}): {e}; "
+                                f"lower optim.lr or check the data{_KEPT}") from e
+                        loss_ok = math.isfinite(out.metrics["loss"])
+                        if rt.distributed:  # all ranks stop together (a lone rank would leave the others waiting)
+                            loss_ok = dist.global_count(int(not loss_ok), rt.device) == 0
+                        if not loss_ok:
+                            raise DivergenceError(
                                 f"{cfg.method}: the loss is {out.metrics['loss']} at step {step} (epoch {epoch}); "
-                                "lower optim.lr or check the data"
+                                f"lower optim.lr or check the data{_KEPT}"
                             )
                         (out.loss / cfg.accumulate).backward()
                     metrics = dict(out.metrics)
@@ -918,8 +938,18 @@ def _train(cfg: RunConfig, rt: Runtime, *, resume: bool, stop_after: int | None,
                 if main and (step % cfg.log_every == 0 or step == total):
                     log_file.write(json.dumps(row) + "\n")
                     log_file.flush()
-                if main and (step == total or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
-                    _save()
+                if step == total or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                    # never a checkpoint (nor, at the end, results) of a non-finite state; every rank agrees
+                    bad = _non_finite(method, probe, optimizer, probe_opt)
+                    n_bad = dist.global_count(len(bad), rt.device) if rt.distributed else len(bad)
+                    if n_bad:
+                        where = f": {', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}" if bad else " (another rank)"
+                        lower = "probe.lr" if bad and all(b.startswith("probe") for b in bad) else "optim.lr"
+                        raise DivergenceError(
+                            f"{cfg.method}: the model's state is not finite at step {step} (epoch {epoch}){where}; "
+                            f"lower {lower} or check the data{_KEPT}")
+                    if main:
+                        _save()
                 if stop_after is not None and step >= stop_after and step < total:
                     return None
             del batches, loader
@@ -936,6 +966,27 @@ def _train(cfg: RunConfig, rt: Runtime, *, resume: bool, stop_after: int | None,
     final = evaluate_run(cfg, method.backbone, rt)
     return _write_results(cfg, run_dir, final, total, command,
                           expected_steps=logged + _logged_steps(resumed_at, total, cfg.log_every, total))
+
+
+_KEPT = " (no checkpoint of a non-finite state is written: the last one is intact)"
+
+
+def _non_finite(method: nn.Module, probe: nn.Module | None, *optimizers: torch.optim.Optimizer | None) -> list[str]:
+    """Names of the floating-point tensors that hold a NaN or inf: the method's and the probe's parameters and
+    buffers (BatchNorm running statistics, EMA teacher, queues) and the optimizers' state (momenta)."""
+    tensors = [(f"model.{k}", v) for k, v in method.state_dict().items()]
+    if probe is not None:
+        tensors += [(f"probe.{k}", v) for k, v in probe.state_dict().items()]
+    for name, opt in zip(("optimizer", "probe_optimizer"), optimizers):
+        if opt is not None:
+            tensors += [(f"{name}.state.{i}.{k}", v) for i, st in opt.state_dict()["state"].items()
+                        for k, v in st.items()]
+    tensors = [(name, v) for name, v in tensors if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    if not tensors:
+        return []
+    device = tensors[0][1].device  # one transfer to the host, not one per tensor
+    finite = torch.stack([torch.isfinite(v).all().to(device) for _, v in tensors]).tolist()
+    return [name for (name, _), ok in zip(tensors, finite) if not ok]
 
 
 def _fill_batches(n: int, per_rank: int, world_size: int, rank: int) -> list[list[int]]:
