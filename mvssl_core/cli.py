@@ -208,6 +208,9 @@ def _evaluate(args: argparse.Namespace, command: str) -> int:
     from mvssl_core.config import apply_overrides
     from mvssl_core.train import CHECKPOINT_NAME, Runtime, checkpoint_config, evaluate_run, load_checkpoint, run_record
 
+    if args.results is not None and not args.results.strip():
+        raise ConfigError("--results is empty; name the results file to write (e.g. --results runs/x/eval.json), "
+                          "or leave the flag out")
     state = load_checkpoint(args.checkpoint)
     values = to_dict(checkpoint_config(state, args.checkpoint))
     extra = list(args.overrides)
@@ -233,8 +236,12 @@ def _evaluate(args: argparse.Namespace, command: str) -> int:
 
 
 def _load_backbone(state: dict, cfg: RunConfig, source: object):
-    """The checkpoint's encoder (``build_backbone`` of the run's model, loaded with its weights) and its feature size."""
+    """The checkpoint's encoder (``build_backbone`` of the run's model, loaded with its weights) and its feature size;
+    a ConfigError if the weights do not fit the model, a CheckpointError if they are not finite."""
+    import torch
+
     from mvssl_core.backbones import build_backbone
+    from mvssl_core.train import CheckpointError
 
     backbone, feature_dim = build_backbone(cfg.model.backbone, **cfg.model.kwargs)
     prefix = "backbone."
@@ -243,6 +250,10 @@ def _load_backbone(state: dict, cfg: RunConfig, source: object):
         backbone.load_state_dict(weights)
     except RuntimeError as e:
         raise ConfigError(f"{source}: its encoder does not match model={cfg.model}: {str(e)[:300]}") from None
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:  # features of NaN weights would fail deep inside the evaluation
+        raise CheckpointError(f"{source}: the encoder's weights hold NaN or inf ({', '.join(bad[:5])}"
+                              f"{', ...' if len(bad) > 5 else ''}): the run diverged or the file was edited")
     return backbone, feature_dim
 
 
@@ -285,8 +296,14 @@ def _linear_eval_locked(args: argparse.Namespace, command: str) -> int:
         raise FileNotFoundError(f"{run} holds no {CHECKPOINT_NAME}; pass the folder of a pre-training run")
     if not res_path.is_file():
         raise FileNotFoundError(f"{run} holds no {RESULTS_NAME}: its pre-training has not finished (resume it first)")
-    results.load_results(res_path)  # a broken results file fails now, not after 100 epochs
+    finished = results.load_results(res_path)  # a broken results file fails now, not after 100 epochs
     state = load_checkpoint(ckpt)
+    steps = finished.get("metrics", {}).get("steps")
+    if isinstance(steps, int) and state["step"] != steps:
+        from mvssl_core.train import CheckpointError
+
+        raise CheckpointError(f"{ckpt} is at step {state['step']} but {res_path} records a run of {steps} steps: "
+                              "the checkpoint is not the finished run's (edited, or written by another run)")
     values = to_dict(checkpoint_config(state, str(ckpt)))
     cfg = validate(from_dict(RunConfig, apply_overrides(values, [*args.overrides, f"device={args.device}"])))
     results_file = _linear_eval_results_file(cfg, values.get("results_file"), args.overrides, ckpt, res_path)

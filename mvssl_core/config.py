@@ -390,6 +390,7 @@ class _Loader(yaml.SafeLoader):
     def compose_document(self) -> yaml.Node:
         node = super().compose_document()
         _expanded_size(node, {}, set())
+        _no_duplicate_keys(node, set())
         return node
 
 
@@ -406,7 +407,27 @@ _Dumper.add_implicit_resolver(_FLOAT_TAG, _FLOAT_12, list("-+0123456789."))
 
 
 class _TooLarge(Exception):
-    pass
+    """A YAML document refused before it is built: too large once expanded, recursive, or a key given twice."""
+
+
+def _no_duplicate_keys(node: yaml.Node, seen: set[int]) -> None:
+    """Raise :class:`_TooLarge` for a key written twice in one mapping (PyYAML keeps the last one silently:
+    ``optim:`` twice in a config file would drop the first block). Merge keys (``<<: *base``) may be overridden."""
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        keys: dict[str, int] = {}
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if key.value in keys:
+                    raise _TooLarge(f"the key {key.value!r} is given twice in one mapping (lines {keys[key.value]} and "
+                                    f"{key.start_mark.line + 1}); YAML would keep the last silently: write it once")
+                keys[key.value] = key.start_mark.line + 1
+            _no_duplicate_keys(value, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for child in node.value:
+            _no_duplicate_keys(child, seen)
 
 
 def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_: set[int]) -> int:

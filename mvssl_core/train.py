@@ -793,11 +793,18 @@ def _train(cfg: RunConfig, rt: Runtime, *, resume: bool, stop_after: int | None,
 
     step = 0
     if state is not None:
-        method.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if probe is not None:
-            probe.load_state_dict(state["probe"])
-            probe_opt.load_state_dict(state["probe_optimizer"])
+        try:
+            method.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if probe is not None:
+                probe.load_state_dict(state["probe"])
+                probe_opt.load_state_dict(state["probe_optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:  # shapes or keys that do not fit the configured model
+            first = (str(e).strip().splitlines() or [""])
+            detail = next((line.strip() for line in first if "size mismatch" in line or "Missing" in line
+                           or "Unexpected" in line), first[0].strip())[:300]
+            raise CheckpointError(f"checkpoint {ckpt_path} does not fit the model its configuration builds ({detail}); "
+                                  "the checkpoint was edited or written by another version: start over") from None
         step = int(state["step"])
         if step > total:
             raise CheckpointError(
@@ -809,6 +816,10 @@ def _train(cfg: RunConfig, rt: Runtime, *, resume: bool, stop_after: int | None,
         logged = logged.tolist() if isinstance(logged, torch.Tensor) else _logged_steps(0, step, saved.log_every, total)
         if main:
             rows = _read_log(log_path, upto_step=step)
+            beyond = [row["step"] for row in _read_log(log_path) if row["step"] > total]
+            if beyond:  # lines after the checkpoint are cut, but a step past the run's end was never logged by it
+                raise MetricsLogError(f"{log_path}: steps {beyond[:5]} are beyond this run's last step {total}; the "
+                                      "log was edited or written by another run: restore it or start over")
             _check_log_steps(log_path, rows, logged, f"to resume {ckpt_path} at step {step}")
             _rewrite_log(log_path, rows)
         del state

@@ -365,3 +365,23 @@ def test_diverged_online_probe_names_probe_lr(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "state is not finite at step 3" in err[0] and "probe.weight" in err[0], err
     assert "lower probe.lr" in err[0] and not (tmp_path / "run" / CHECKPOINT_NAME).exists()
+
+
+@pytest.mark.parametrize("text, key", [
+    ("optim:\n  lr: 0.1\noptim:\n  lr: 0.2\n", "optim"),
+    ("optim: {lr: 0.1, lr: 0.2}\n", "lr"),
+])
+def test_a_key_given_twice_in_a_config_file_is_refused(tmp_path, capsys, text, key):
+    """PyYAML keeps the last of two equal keys silently: the first block of settings was dropped."""
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"config file {path} is refused: the key '{key}' is given twice"):
+        read_yaml(path)
+    assert main(["pretrain", "--config", str(path), "--method", "simclr", "--print-config"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_merge_keys_may_still_be_overridden(tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text("base: &b {lr: 0.1, momentum: 0.9}\noptim:\n  <<: *b\n  lr: 0.2\n")
+    assert read_yaml(path)["optim"] == {"lr": 0.2, "momentum": 0.9}

@@ -270,18 +270,32 @@ def test_malformed_log_line_names_file_and_line(finished, line, match, capsys):
     (lambda rows: rows[:1] + rows[2:], r"missing steps \[2\]"),
     (lambda rows: rows[:2] + rows[1:], r"repeated steps \[2\]"),
     (lambda rows: rows[:1] + [rows[2], rows[1]] + rows[3:], "out of order"),
-    (lambda rows: rows + [rows[-1].replace('"step": 4', '"step": 6')], None),  # past the checkpoint: cut, fine
 ])
 def test_log_lines_lost_or_repeated_are_refused_on_resume(finished, edit, match):
     cfg, ckpt = finished
     log = ckpt.parent / METRICS_NAME
     rows = log.read_text().splitlines()
     log.write_text("\n".join(edit(rows)) + "\n")
-    if match is None:
-        assert train(cfg, resume=True)["metrics"]["history"]["step"] == [1, 2, 3, 4]
-        return
     with pytest.raises(CheckpointError, match=rf"to resume {ckpt} at step 4, the log must hold steps "
                                               rf"\[1, 2, 3, 4\]; {match}"):
+        train(cfg, resume=True)
+
+
+def test_log_lines_past_the_checkpoint_are_cut_but_not_past_the_runs_end(tmp_path):
+    """Lines after the checkpoint's step are what a killed run leaves (cut on resume); a step past the run's last
+    step was never written by this run (refused, naming it)."""
+    cfg = _cfg("simclr", tmp_path / "run", steps=4, checkpoint_every=2)
+    train(cfg, stop_after=2)
+    log = tmp_path / "run" / METRICS_NAME
+    rows = log.read_text().splitlines()
+    log.write_text("\n".join(rows + [rows[-1].replace('"step": 2', '"step": 3')]) + "\n")  # logged, then killed
+    assert train(cfg, resume=True)["metrics"]["history"]["step"] == [1, 2, 3, 4]
+    cfg = _cfg("simclr", tmp_path / "other", steps=4, checkpoint_every=2)
+    train(cfg, stop_after=2)
+    log = tmp_path / "other" / METRICS_NAME
+    rows = log.read_text().splitlines()
+    log.write_text("\n".join(rows + [rows[-1].replace('"step": 2', '"step": 99')]) + "\n")
+    with pytest.raises(CheckpointError, match=rf"{log}: steps \[99\] are beyond this run's last step 4"):
         train(cfg, resume=True)
 
 
@@ -427,3 +441,45 @@ def test_config_yaml_of_another_run_is_refused_on_resume(finished):
     path.write_text(text.replace("num_workers: 0", "num_workers: 3"))  # a key that may change on resume
     assert train(cfg, resume=True) is not None
     assert path.read_text() == text
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluate and linear-eval on damaged run folders
+
+
+def test_evaluate_with_empty_results_is_refused(finished, capsys):
+    _, ckpt = finished
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--device", "cpu", "--results", ""]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--results is empty" in err
+
+
+def test_non_finite_encoder_weights_are_refused_by_evaluate(finished, capsys):
+    _, ckpt = finished
+    state = load_checkpoint(ckpt)
+    state["model"]["backbone.features.0.weight"][0, 0, 0, 0] = float("nan")
+    save_checkpoint(ckpt, state)  # a well-formed file (hash recomputed) with a NaN weight
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "weights hold NaN or inf (features.0.weight)" in err
+
+
+def test_resume_with_weights_of_another_shape_is_refused(finished, capsys):
+    cfg, ckpt = finished
+    state = load_checkpoint(ckpt)
+    w = state["model"]["backbone.features.0.weight"]
+    state["model"]["backbone.features.0.weight"] = torch.zeros(w.shape[0], w.shape[1], w.shape[2] + 2, w.shape[3])
+    save_checkpoint(ckpt, state)
+    with pytest.raises(CheckpointError, match=rf"checkpoint {ckpt} does not fit the model .*size mismatch for "
+                                              r"backbone.features.0.weight"):
+        train(cfg, resume=True)
+
+
+def test_linear_eval_refuses_a_checkpoint_that_is_not_the_finished_runs(finished, capsys):
+    _, ckpt = finished
+    state = load_checkpoint(ckpt)
+    state["step"] = 10**6
+    save_checkpoint(ckpt, state)
+    assert main(["linear-eval", str(ckpt.parent), "--epochs", "1", "--device", "cpu", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is at step 1000000 but" in err and "records a run of 4 steps" in err
