@@ -23,6 +23,8 @@ against a second writer meanwhile)::
 Errors in the arguments, the configuration, the data or a checkpoint end the program with a one-line
 message and exit status 2 (every numeric flag is range-checked when the arguments are parsed, before a
 checkpoint or any data is read); a run that diverges ends with a one-line message and exit status 1.
+A run stopped by SIGTERM or SIGUSR1 finishes its step, writes its checkpoint, prints one line and exits 0
+(:mod:`mvssl_core.preempt`); ``--resume`` continues it.
 Under torchrun, ``MVSSL_DIST_TIMEOUT_S`` (default 600) bounds how long a rank waits for the others.
 """
 
@@ -372,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
 
+    from mvssl_core.preempt import EXIT_STOPPED, Stopped
     from mvssl_core.results import ResultsError
     from mvssl_core.train import CheckpointError  # imports torch: after --help has been served
     command = shlex.join(["python", "-m", "mvssl_core", *argv])
@@ -384,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError, ResultsError, FileNotFoundError, FileExistsError) as e:
         print(f"{parser.prog} {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Stopped as e:  # SIGTERM / SIGUSR1: the checkpoint holds the last step; --resume continues
+        print(f"{parser.prog} {args.command}: {e}", file=sys.stderr)
+        return EXIT_STOPPED
     except FloatingPointError as e:  # a diverged run: the last checkpoint is intact
         print(f"{parser.prog} {args.command}: error: {e}", file=sys.stderr)
         return 1

@@ -44,7 +44,8 @@ same check on the whole log before ``results.json`` is written) and cut back to 
 killed-and-resumed run ends with the same parameters and log as an uninterrupted one. The DataLoader draws
 its workers' seed from its own generator, so the global torch RNG at step k of a resumed run is that of the
 uninterrupted run (what a method with dropout would draw from); CUDA RNG states are restored for the
-devices that exist.
+devices that exist. SIGTERM and SIGUSR1 (:mod:`mvssl_core.preempt`) stop the run after the step in progress,
+the same step on every rank, with a checkpoint of that step: ``--resume`` then loses no step.
 
 Gradient accumulation: the loss of each of the ``accumulate`` micro-batches is divided by
 ``accumulate``; DDP synchronises only on the last one; the optimizer steps and the method's
@@ -84,7 +85,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from mvssl_core import dist, results, runlock
+from mvssl_core import dist, preempt, results, runlock
 from mvssl_core.atomic import atomic_write
 from mvssl_core.backbones import build_backbone
 from mvssl_core.config import ConfigError, RunConfig, from_dict, save_config, to_dict, validate
@@ -219,6 +220,7 @@ class _WithIndex(Dataset):
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
+    preempt.ignore_in_worker()  # torchrun signals the process group; the training process stops its workers
 
 
 @contextlib.contextmanager
@@ -724,19 +726,24 @@ def train(cfg: RunConfig, *, resume: bool = False, stop_after: int | None = None
         stop_after: stop (as if the process were killed) once this many steps are done, without
             the final checkpoint or results: lets tests interrupt a run.
         command: the command line recorded in the results' provenance.
+
+    Raises:
+        mvssl_core.preempt.Stopped: SIGTERM or SIGUSR1 arrived (on any rank); every rank finished the same
+            step and the checkpoint holds it.
     """
     validate(cfg)
     run_dir = run_folder(cfg)
     rt = _init_runtime(cfg)
     try:
-        with runlock.hold(run_dir if rt.rank == 0 else None, command):  # one writer per run folder
-            return _train(cfg, rt, resume=resume, stop_after=stop_after, command=command)
+        with runlock.hold(run_dir if rt.rank == 0 else None, command), preempt.StopSignals() as stop:
+            return _train(cfg, rt, resume=resume, stop_after=stop_after, command=command, stop=stop)
     finally:
         if rt.owns_group and torch_dist.is_initialized():
             torch_dist.destroy_process_group()
 
 
-def _train(cfg: RunConfig, rt: Runtime, *, resume: bool, stop_after: int | None, command: str | None) -> dict | None:
+def _train(cfg: RunConfig, rt: Runtime, *, resume: bool, stop_after: int | None, command: str | None,
+           stop: preempt.StopSignals) -> dict | None:
     main = rt.rank == 0
     run_dir = run_folder(cfg)
     ckpt_path, log_path = run_dir / CHECKPOINT_NAME, run_dir / METRICS_NAME
@@ -949,7 +956,9 @@ def _train(cfg: RunConfig, rt: Runtime, *, resume: bool, stop_after: int | None,
                 if main and (step % cfg.log_every == 0 or step == total):
                     log_file.write(json.dumps(row) + "\n")
                     log_file.flush()
-                if step == total or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                # a stop signal on any rank: every rank stops after this same step (one all-reduce per step)
+                stopping = step < total and stop.agreed(rt.device)
+                if step == total or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or stopping:
                     # never a checkpoint (nor, at the end, results) of a non-finite state; every rank agrees
                     bad = _non_finite(method, probe, optimizer, probe_opt)
                     n_bad = dist.global_count(len(bad), rt.device) if rt.distributed else len(bad)
@@ -961,6 +970,9 @@ def _train(cfg: RunConfig, rt: Runtime, *, resume: bool, stop_after: int | None,
                             f"lower {lower} or check the data{_KEPT}")
                     if main:
                         _save()
+                if stopping:
+                    dist.global_count(0, rt.device)  # a barrier: no rank exits before rank 0 has written
+                    raise preempt.Stopped(step, total, str(ckpt_path), stop.signal_name, rt.rank, rt.world_size)
                 if stop_after is not None and step >= stop_after and step < total:
                     return None
             del batches, loader

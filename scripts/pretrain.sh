@@ -24,13 +24,22 @@
 # Resuming is automatic: with OUT_DIR/checkpoint.pt present the run continues where it stopped
 # (pre-emption, time limits: just submit the same command again); with OUT_DIR/results.json present
 # the run is finished and nothing is done.
+# Pre-emption and time limits: SIGUSR1 or SIGTERM to this script is passed on to the launcher as SIGTERM
+# (torchrun and srun pass it on to the training processes, which get TORCH_ELASTIC_SHUTDOWN_TIMEOUT, here
+# 240 s by default, before SIGKILL); every process finishes its step, the checkpoint of that step is
+# written, and this script exits 0. SLURM sends SIGUSR1 300 s before the time limit (#SBATCH
+# --signal=B:USR1@300, here and in pretrain.sbatch); on it the script requeues the job (scontrol requeue),
+# which then resumes on its own. A SIGTERM inside a SLURM job is not passed on: SLURM sends it to every
+# process of the job.
 # It refuses, with one line and exit status 2: a DATA_DIR that is missing or not in ImageFolder layout,
 # a global batch that does not divide over the processes, no GPU without --cpu, an unknown METHOD.
+#SBATCH --signal=B:USR1@300
+#SBATCH --requeue
 set -euo pipefail
 PROG=$(basename "$0")
 source "$(dirname "$0")/launch_lib.sh"
 
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | grep -v '^#SBATCH' | sed 's/^# \{0,1\}//'; }
 
 CPU=0 DRY=0 NPROC_WANT="" STOP_AFTER="" CONFIG="" RESULTS_DIR="$REPO/results/imagenet"
 POS=() OVERRIDES=()
@@ -56,7 +65,7 @@ done
 (( ${#POS[@]} >= 2 && ${#POS[@]} <= 3 )) || die "usage: $PROG METHOD DATA_DIR [OUT_DIR] [--cpu] [--nproc N] [--dry-run] [-- key=value ...]"
 METHOD=${POS[0]} DATA_DIR=${POS[1]} OUT_DIR=${POS[2]:-runs/imagenet/${POS[0]}}
 
-for o in "${OVERRIDES[@]}"; do
+for o in ${OVERRIDES[@]+"${OVERRIDES[@]}"}; do
   [[ "$o" == *=* ]] || die "override '$o' after -- must look like key=value (e.g. optim.lr=0.2)"
 done
 if [[ -z "$CONFIG" ]]; then
@@ -91,7 +100,7 @@ except (ConfigError, FileNotFoundError) as e:
     print(f"error {e}".replace("\n", " "))
 else:
     print(cfg.batch_size, cfg.accumulate)
-' "$CONFIG" "${OVERRIDES[@]}") || die "could not read the config with $PYTHON"
+' "$CONFIG" ${OVERRIDES[@]+"${OVERRIDES[@]}"}) || die "could not read the config with $PYTHON"
 [[ "$BATCH" != error ]] || die "config $CONFIG with the overrides: $ACCUM"
 check_batch "$BATCH" "$ACCUM"
 
@@ -108,7 +117,46 @@ if [[ -f "$OUT_DIR/checkpoint.pt" ]]; then
   ARGS+=(--resume)
   echo "$PROG: resuming from $OUT_DIR/checkpoint.pt" >&2
 fi
-for o in "${OVERRIDES[@]}"; do ARGS+=(--set "$o"); done
+for o in ${OVERRIDES[@]+"${OVERRIDES[@]}"}; do ARGS+=(--set "$o"); done
 
 launcher
-run_or_print "$DRY" "${LAUNCH[@]}" "${ARGS[@]}"
+(( DRY )) && run_or_print 1 "${LAUNCH[@]}" "${ARGS[@]}"
+
+# Run the launcher as a child, so that a stop signal can be passed on and the job requeued afterwards.
+export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-240}
+STOP_SIGNAL="" STOP_TIME=""
+stop() {  # SIGNAL: remember it, pass SIGTERM on to the launcher (once)
+  [[ -n "$STOP_SIGNAL" ]] && return
+  STOP_SIGNAL=$1 STOP_TIME=$(date +%s)
+  echo "$PROG: got SIG$1; stopping the run after its current step (checkpoint in $OUT_DIR)" >&2
+  # SLURM sends its SIGTERM (time limit, scancel, pre-emption) to every process of the job, the launcher
+  # included: a second one would cut torchrun's wait for its workers short
+  [[ "$1" == TERM && -n "${SLURM_JOB_ID:-}" ]] || kill -TERM "$CHILD" 2>/dev/null || true
+}
+echo "$PROG: running: $(printf '%q ' "${LAUNCH[@]}" "${ARGS[@]}")" >&2
+"${LAUNCH[@]}" "${ARGS[@]}" &
+CHILD=$!
+trap 'stop USR1' USR1
+trap 'stop TERM' TERM
+while :; do
+  STATUS=0
+  wait "$CHILD" || STATUS=$?
+  kill -0 "$CHILD" 2>/dev/null || break  # else a trapped signal interrupted the wait
+done
+trap - USR1 TERM
+[[ -n "$STOP_SIGNAL" && ! -f "$OUT_DIR/results.json" ]] || exit "$STATUS"
+# the launcher's status says little here (torchrun exits 1 after passing a signal on): a checkpoint written
+# since the signal is the proof that the run stopped cleanly
+if [[ ! -f "$OUT_DIR/checkpoint.pt" ]] || (( $(stat -c %Y "$OUT_DIR/checkpoint.pt") < STOP_TIME - 1 )); then
+  echo "$PROG: error: the run did not write a checkpoint after SIG$STOP_SIGNAL (launcher exit status $STATUS)" >&2
+  exit $(( STATUS ? STATUS : 1 ))
+fi
+step=$("$PYTHON" -c 'import sys, torch; print(torch.load(sys.argv[1], weights_only=True)["step"])' \
+       "$OUT_DIR/checkpoint.pt" 2>/dev/null) || step="?"
+if [[ "$STOP_SIGNAL" == USR1 && -n "${SLURM_JOB_ID:-}" ]]; then
+  echo "$PROG: stopped at step $step (checkpoint $OUT_DIR/checkpoint.pt); requeueing SLURM job $SLURM_JOB_ID" >&2
+  scontrol requeue "$SLURM_JOB_ID" || die "scontrol requeue $SLURM_JOB_ID failed; submit the same command again to resume"
+else
+  echo "$PROG: stopped at step $step (checkpoint $OUT_DIR/checkpoint.pt); run the same command again to resume" >&2
+fi
+exit 0

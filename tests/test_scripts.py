@@ -395,8 +395,27 @@ def test_sbatch_example_launches_pretrain_once_per_job():
     directives = [line.split()[1] for line in text.splitlines() if line.startswith("#SBATCH")]
     assert "--nodes=4" in directives and "--ntasks-per-node=1" in directives and "--gpus-per-node=8" in directives
     assert "--requeue" in directives  # pre-empted jobs come back and resume
-    assert 'scripts/pretrain.sh "$METHOD" "$DATA_DIR" "$OUT_DIR"' in text
+    assert "--signal=B:USR1@300" in directives  # to the batch shell, 300 s before the time limit
+    # exec: the batch shell becomes pretrain.sh, which traps the signal (checkpoint, requeue)
+    assert 'exec scripts/pretrain.sh "$METHOD" "$DATA_DIR" "$OUT_DIR"' in text
     assert os.access(SBATCH, os.X_OK) and os.access(PRETRAIN, os.X_OK) and os.access(LINEAR_EVAL, os.X_OK)
+
+
+def test_pretrain_sh_asks_slurm_for_a_warning_and_runs_on_old_bash():
+    """`sbatch scripts/pretrain.sh ...` works too: its #SBATCH lines come before the first command (sbatch reads
+    no further) and are not part of --help; no bare "${OVERRIDES[@]}" (an unbound variable under set -u in
+    bash <= 4.3 when the array is empty). Signals themselves: tests/test_preempt.py."""
+    subprocess.run(["bash", "-n", str(PRETRAIN)], check=True)
+    lines = PRETRAIN.read_text().splitlines()
+    header = lines[:next(i for i, line in enumerate(lines) if line and not line.startswith("#"))]
+    directives = [line.split()[1] for line in header if line.startswith("#SBATCH")]
+    assert directives == ["--signal=B:USR1@300", "--requeue"]
+    text = "\n".join(lines)
+    assert "trap 'stop USR1' USR1" in text and "trap 'stop TERM' TERM" in text and "scontrol requeue" in text
+    assert text.count('"${OVERRIDES[@]}"') == text.count('${OVERRIDES[@]+"${OVERRIDES[@]}"}') == 3
+    proc = subprocess.run([str(PRETRAIN), "--help"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0 and "SIGUSR1" in proc.stdout
+    assert not [line for line in proc.stdout.splitlines() if line.startswith(("SBATCH", "#SBATCH"))]
 
 
 def test_help():
