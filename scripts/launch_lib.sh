@@ -57,7 +57,7 @@ count_gpus() {
   if [[ -n "${CUDA_VISIBLE_DEVICES+set}" ]]; then
     local ids n=0 id
     IFS=, read -ra ids <<< "$CUDA_VISIBLE_DEVICES"
-    for id in "${ids[@]}"; do
+    for id in ${ids[@]+"${ids[@]}"}; do  # guarded: an empty array is "unbound" under set -u on bash <= 4.3
       [[ "$id" == -* ]] && break  # CUDA stops at the first invalid id
       [[ -n "$id" ]] && n=$((n + 1))
     done

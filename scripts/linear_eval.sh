@@ -58,6 +58,6 @@ plan_processes "$CPU" "$NPROC_WANT"
 check_batch "$BATCH" 1
 
 ARGS=(-m mvssl_core linear-eval "$RUN_DIR" --set "data.root=$(yaml_str "$DATA_DIR")"
-      --device "$DEVICE" "${PROTOCOL[@]}" "${EXTRA[@]}")
+      --device "$DEVICE" ${PROTOCOL[@]+"${PROTOCOL[@]}"} ${EXTRA[@]+"${EXTRA[@]}"})
 launcher
 run_or_print "$DRY" "${LAUNCH[@]}" "${ARGS[@]}"

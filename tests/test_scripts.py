@@ -418,6 +418,22 @@ def test_pretrain_sh_asks_slurm_for_a_warning_and_runs_on_old_bash():
     assert not [line for line in proc.stdout.splitlines() if line.startswith(("SBATCH", "#SBATCH"))]
 
 
+@pytest.mark.parametrize("script, arrays", [("launch_lib.sh", ["ids"]), ("linear_eval.sh", ["PROTOCOL", "EXTRA"]),
+                                            ("pretrain.sh", ["OVERRIDES"])])
+def test_arrays_that_may_be_empty_are_expanded_guarded(script, arrays):
+    """bash <= 4.3 treats "${a[@]}" of an empty array as unbound under set -u: such arrays (CUDA_VISIBLE_DEVICES="",
+    no extra flags, no overrides) are expanded as ${a[@]+"${a[@]}"}."""
+    text = (PRETRAIN.parent / script).read_text()
+    for name in arrays:
+        bare = text.count(f'"${{{name}[@]}}"') - text.count(f'${{{name}[@]+"${{{name}[@]}}"}}')
+        assert bare == 0, f"{script}: {bare} unguarded expansion(s) of {name}"
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    env.pop("SLURM_GPUS_ON_NODE", None)
+    out = subprocess.run(["bash", "-c", f"set -u; source {PRETRAIN.parent / 'launch_lib.sh'}; count_gpus"], env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.strip() == "0", out.stderr
+
+
 def test_help():
     for script in (PRETRAIN, LINEAR_EVAL):
         proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=30)
