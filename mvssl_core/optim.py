@@ -83,6 +83,12 @@ class LARS(torch.optim.Optimizer):
         trust_coefficient: eta > 0, 0.001 in [0].
         trust_norm: "paper" or "update_norm", the denominator above.
         eps: added to the denominator (0 reproduces the formulas exactly).
+        foreach: True: update the tensors of each group, device and dtype together with ``torch._foreach_*``
+            operations (about 20 launches per group instead of about 10 per tensor); False: the loop over
+            tensors, the reference; None (default, as in ``torch.optim``): foreach except on the CPU, where
+            holding every tensor's update at once costs more than the loop's launches (ResNet-50: 0.11 s
+            against 0.05 s per step on one thread). Both give the same result: bitwise on the CPU (the
+            foreach operations run the loop's kernels tensor by tensor), to float rounding on CUDA.
     """
 
     def __init__(
@@ -94,6 +100,7 @@ class LARS(torch.optim.Optimizer):
         trust_coefficient: float = 0.001,
         trust_norm: str = "paper",
         eps: float = 0.0,
+        foreach: bool | None = None,
     ) -> None:
         _checks.positive(lr, "lr")
         _checks.positive(trust_coefficient, "trust_coefficient")
@@ -112,6 +119,8 @@ class LARS(torch.optim.Optimizer):
             lars_exclude=False,
         )
         super().__init__(params, defaults)
+        # an attribute, not a group key: a checkpoint's groups (which replace these on load) do not set it
+        self.foreach = None if foreach is None else _checks.boolean(foreach, "foreach")
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -120,32 +129,85 @@ class LARS(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            exclude = group["lars_exclude"]
-            wd = 0.0 if exclude else group["weight_decay"]
+            buckets: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                update = g.add(p, alpha=wd) if wd != 0 else g.clone()
-                if not exclude:
-                    w_norm = torch.linalg.vector_norm(p)
-                    if group["trust_norm"] == "paper":
-                        denom = torch.linalg.vector_norm(g) + wd * w_norm
-                    else:
-                        denom = torch.linalg.vector_norm(update)
-                    denom = denom + group["eps"]
-                    ok = (w_norm > 0) & (denom > 0)
-                    local = torch.where(ok, group["trust_coefficient"] * w_norm / denom.clamp_min(1e-30), 1.0)
-                    update.mul_(local)
-                update.mul_(group["lr"])
-                state = self.state[p]
-                if group["momentum"] > 0:
-                    if "momentum_buffer" not in state:
-                        state["momentum_buffer"] = update
-                    else:
-                        update = state["momentum_buffer"].mul_(group["momentum"]).add_(update)
-                p.sub_(update)
+                if p.grad is not None:
+                    buckets.setdefault((p.device, p.dtype), []).append(p)
+            for (device, _), params in buckets.items():
+                if self.foreach or (self.foreach is None and device.type != "cpu"):
+                    self._update_foreach(group, params)
+                else:
+                    self._update_loop(group, params)
         return loss
+
+    def _update_loop(self, group: dict, params: list[torch.Tensor]) -> None:
+        """The update of the class docstring, one tensor at a time (the reference for ``_update_foreach``)."""
+        exclude = group["lars_exclude"]
+        wd = 0.0 if exclude else group["weight_decay"]
+        for p in params:
+            g = p.grad
+            update = g.add(p, alpha=wd) if wd != 0 else g.clone()
+            if not exclude:
+                w_norm = torch.linalg.vector_norm(p)
+                if group["trust_norm"] == "paper":
+                    denom = torch.linalg.vector_norm(g) + wd * w_norm
+                else:
+                    denom = torch.linalg.vector_norm(update)
+                denom = denom + group["eps"]
+                ok = (w_norm > 0) & (denom > 0)
+                local = torch.where(ok, group["trust_coefficient"] * w_norm / denom.clamp_min(1e-30), 1.0)
+                update.mul_(local)
+            update.mul_(group["lr"])
+            state = self.state[p]
+            if group["momentum"] > 0:
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = update
+                else:
+                    update = state["momentum_buffer"].mul_(group["momentum"]).add_(update)
+            p.sub_(update)
+
+    def _update_foreach(self, group: dict, params: list[torch.Tensor]) -> None:
+        """``_update_loop`` with ``torch._foreach_*`` operations, the same operations in the same order;
+        ``params`` (with gradients) share one device and dtype.
+
+        The per-tensor trust ratios are computed on the stacked norms with the loop's formula element by
+        element, so no value leaves the device (no host sync).
+        """
+        exclude = group["lars_exclude"]
+        wd = 0.0 if exclude else group["weight_decay"]
+        grads = [p.grad for p in params]
+        if exclude:  # no decay (wd is 0), no adaptation: plain SGD with momentum
+            updates = torch._foreach_mul(grads, group["lr"])
+        else:
+            updates = torch._foreach_add(grads, params, alpha=wd) if wd != 0 else grads
+            w_norm = torch.stack(torch._foreach_norm(params))
+            if group["trust_norm"] == "paper":
+                denom = torch.stack(torch._foreach_norm(grads)) + wd * w_norm
+            else:
+                denom = torch.stack(torch._foreach_norm(updates))
+            denom = denom + group["eps"]
+            ok = (w_norm > 0) & (denom > 0)
+            local = torch.where(ok, group["trust_coefficient"] * w_norm / denom.clamp_min(1e-30), 1.0)
+            if updates is grads:  # the loop's g.clone().mul_(local), without modifying the gradients
+                updates = torch._foreach_mul(grads, local.unbind(0))
+            else:
+                torch._foreach_mul_(updates, local.unbind(0))
+            torch._foreach_mul_(updates, group["lr"])
+        updates = list(updates)  # foreach operations return tuples
+        states = [self.state[p] for p in params]
+        if group["momentum"] > 0:
+            buffers, increments = [], []
+            for i, state in enumerate(states):
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = updates[i]
+                else:
+                    buffers.append(state["momentum_buffer"])
+                    increments.append(updates[i])
+                    updates[i] = state["momentum_buffer"]
+            if buffers:
+                torch._foreach_mul_(buffers, group["momentum"])
+                torch._foreach_add_(buffers, increments)
+        torch._foreach_sub_(params, updates)
 
 
 def warmup_cosine(

@@ -27,6 +27,7 @@ difference of two Debye expansions written so that their large, equal parts canc
 
 from __future__ import annotations
 
+import functools
 import math
 from fractions import Fraction
 from numbers import Real
@@ -300,9 +301,13 @@ def vmf_log_normalizer(d: int, kappa: float | torch.Tensor) -> torch.Tensor:
 
     Returns:
         Tensor of kappa's shape (0-dim for a number), in nats, in kappa's dtype (float64 for a
-        number). Differentiable in kappa.
+        number). Differentiable in kappa. For a number, the value is computed once per (d, kappa)
+        and kept (it costs milliseconds of small tensor operations; an ER bound asks for it twice
+        per step); each call returns a new tensor.
     """
     d = _checks.positive_int(d, "d", minimum=2)
+    if not isinstance(kappa, torch.Tensor):
+        return torch.tensor(_vmf_log_normalizer_of_number(d, _checks.positive(kappa, "kappa")), dtype=torch.float64)
     kappa64, dtype = _argument(kappa, "kappa")
     return _vmf_log_normalizer(d, kappa64).to(dtype)
 
@@ -346,6 +351,12 @@ def _vmf_log_normalizer(d: int, kappa: torch.Tensor) -> torch.Tensor:
     # (d/2 - 1) log kappa - log I_nu(kappa) is taken as one term (the scaled log I), so that its
     # gradient -A_d does not come out of two large nu / kappa terms that cancel at small kappa.
     return -0.5 * d * _LOG_2PI - _LogIv.apply(nu, kappa, True)
+
+
+@functools.lru_cache(maxsize=1024)
+def _vmf_log_normalizer_of_number(d: int, kappa: float) -> float:
+    """log C_d(kappa) for a number kappa, as a float (immutable, so the cache cannot be altered)."""
+    return float(_vmf_log_normalizer(d, torch.tensor(kappa, dtype=torch.float64)))
 
 
 def _vmf_mean_resultant_length(d: int, kappa: torch.Tensor) -> torch.Tensor:

@@ -167,6 +167,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         scores = _cosines(20)[_rows(rank)]
         results["sinkhorn"] = losses.sinkhorn(scores, epsilon=0.05, n_iters=3, distributed=True)
         results["sinkhorn_long"] = losses.sinkhorn(scores, epsilon=0.1, n_iters=50, distributed=True)
+        results["sinkhorn_wide"] = losses.sinkhorn(_wide_cosines()[_rows(rank)], epsilon=0.05, distributed=True)
         center = losses.DINOCenter(K, momentum=0.8)
         center.update_([_batch(21)[_rows(rank)], _batch(22)[_rows(rank)]], distributed=True)
         results["center"] = center.center.clone()
@@ -200,6 +201,25 @@ def test_sinkhorn_global_batch(two_process_results):
     # the equipartition holds over the global batch, not per process
     codes = torch.cat([res["sinkhorn_long"] for res in two_process_results])
     torch.testing.assert_close(codes.sum(0) / N, torch.full((K,), 1 / K, dtype=codes.dtype), rtol=0, atol=1e-3)
+
+
+def _wide_cosines() -> torch.Tensor:
+    """float32 cosines with one row of rank 1 far below the rest: only rank 1 sees the wide range."""
+    scores = _cosines(23).float()
+    scores[N - 1] = scores.max() - 110 * 0.05
+    return scores
+
+
+def test_sinkhorn_chooses_its_domain_from_the_global_batch(two_process_results):
+    """Rank 0's rows alone would take sinkhorn's linear domain, rank 1's the log domain: the choice is made
+    on the global range, so both take the log domain and the codes are the single-process ones."""
+    full = _wide_cosines()
+    span = (full.max() - full.min()) / 0.05
+    assert span > 100 and (full[_rows(0)].max() - full[_rows(0)].min()) / 0.05 < 50
+    expected = losses.sinkhorn(full, epsilon=0.05)
+    assert torch.isfinite(expected).all()
+    for rank, res in enumerate(two_process_results):
+        torch.testing.assert_close(res["sinkhorn_wide"], expected[_rows(rank)], rtol=1e-5, atol=1e-7)
 
 
 def test_dino_center_global_batch(two_process_results):

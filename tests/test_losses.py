@@ -245,6 +245,63 @@ def test_sinkhorn_log_domain_is_stable_where_exp_overflows():
     torch.testing.assert_close(q.double(), _sinkhorn_reference(scores.double(), eps, 3), rtol=0, atol=1e-4)
 
 
+def _sinkhorn_paths(monkeypatch) -> list[str]:
+    """Record which of sinkhorn's two ways ran ("linear" or "log")."""
+    taken = []
+    for name in ("linear", "log"):
+        fn = getattr(losses, f"_sinkhorn_{name}")
+        monkeypatch.setattr(losses, f"_sinkhorn_{name}",
+                            lambda *args, _fn=fn, _name=name: taken.append(_name) or _fn(*args))
+    return taken
+
+
+def _swav_cosines(n, k, seed, dim=16):
+    """float32 cosines of random directions (in 16 dimensions: a range of about [-0.9, 0.9])."""
+    gen = torch.Generator().manual_seed(seed)
+    z = F.normalize(torch.randn(n, dim, generator=gen), dim=1)
+    return z @ F.normalize(torch.randn(k, dim, generator=gen), dim=1).T
+
+
+@pytest.mark.parametrize("n_iters", [3, 20])
+def test_sinkhorn_linear_domain_equals_the_log_domain(monkeypatch, n_iters):
+    """Issue 13 item 7: SwAV's shape (256 x 3000, epsilon 0.05) in float32 takes the linear domain, and
+    its codes equal the float64 codes to 1e-5 (relative) on every entry >= 1e-6 of its row's largest
+    (smaller entries: 1e-9 absolute). The float32 log domain is less accurate (2e-5 after 20 rounds:
+    each round adds its rounding to log q), so the two agree to 5e-5."""
+    scores = _swav_cosines(256, 3000, seed=11)
+    assert (scores.max() - scores.min()) / 0.05 > 30
+    taken = _sinkhorn_paths(monkeypatch)
+    q = losses.sinkhorn(scores, epsilon=0.05, n_iters=n_iters)
+    assert taken == ["linear"] and q.dtype == torch.float32
+    log_q = losses._sinkhorn_log(scores / 0.05, 256, n_iters, False)
+    exact = losses._sinkhorn_log(scores.double() / 0.05, 256, n_iters, False)
+    assert exact.dtype == torch.float64
+    big = exact >= 1e-6 * exact.amax(dim=1, keepdim=True)
+    for codes, rtol in ((q, 1e-5), (log_q, 5e-5)):
+        err = (codes.double() - exact).abs()
+        assert torch.where(big, err / exact, 0.0).max() < rtol and torch.where(big, 0.0, err).max() < 1e-9
+    assert torch.where(big, (q.double() - log_q.double()).abs() / exact, 0.0).max() < 5e-5
+    torch.testing.assert_close(q.sum(dim=1), torch.ones(256), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("where", ["column", "row"])
+def test_sinkhorn_takes_the_log_domain_for_a_wide_score_range(monkeypatch, where):
+    """One prototype (or one sample) 110 / epsilon below the rest: in float32 the linear domain would
+    give NaN (checked), so sinkhorn takes the log domain and matches the float64 codes."""
+    scores = _swav_cosines(64, 300, seed=12) * 0.5
+    if where == "column":
+        scores[:, 0] = scores.max() - 110 * 0.05
+    else:
+        scores[0, :] = scores.max() - 110 * 0.05
+    assert not torch.isfinite(losses._sinkhorn_linear(scores.clone(), float(scores.max()), 0.05, 3, False)).all()
+    taken = _sinkhorn_paths(monkeypatch)
+    q = losses.sinkhorn(scores, epsilon=0.05, n_iters=3)
+    assert taken == ["log"] and torch.isfinite(q).all()
+    exact = losses.sinkhorn(scores.double(), epsilon=0.05, n_iters=3)
+    assert taken == ["log", "linear"]  # float64 has the range for it
+    torch.testing.assert_close(q.double(), exact, rtol=1e-4, atol=1e-7)
+
+
 def test_sinkhorn_takes_no_gradient_and_rejects_bad_input():
     scores = _randn(5, 3, seed=1).requires_grad_(True)
     assert not losses.sinkhorn(scores).requires_grad

@@ -169,6 +169,42 @@ def test_each_method_trains_and_reports_er_terms(name):
         assert 0.0 <= last["discrete_entropy"] <= math.log(64) + 1e-6
 
 
+def _effective_rank_by_svd(z: torch.Tensor) -> torch.Tensor:
+    """The effective rank as projection_metrics computed it before issue 13: svdvals of the (N, d) batch."""
+    s = torch.linalg.svdvals(z)
+    p = s / s.sum()
+    p = p[p > 0]
+    return torch.exp(-(p * p.log()).sum())
+
+
+def _low_rank(n: int, d: int, rank: int, seed: int, dtype: torch.dtype) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    basis = torch.randn(rank, d, generator=gen, dtype=torch.float64)
+    return F.normalize(torch.randn(n, rank, generator=gen, dtype=torch.float64) @ basis, dim=1).to(dtype)
+
+
+@pytest.mark.parametrize("n,d,rank", [(64, 16, 16), (64, 16, 3), (8, 32, 8), (8, 32, 2), (256, 128, 128),
+                                      (256, 128, 10), (50, 7, 1)])
+def test_effective_rank_from_the_gram_equals_the_svd(n, d, rank):
+    """Issue 13 item 7: eigvalsh of the small Gram matrix gives the singular values' effective rank, to
+    float64 rounding (1e-10) and, in float32, as close as float32's own SVD is to the exact value."""
+    from mvssl_core.methods.step import _effective_rank
+
+    z64 = _low_rank(n, d, rank, seed=n + d + rank, dtype=torch.float64)
+    exact = _effective_rank_by_svd(z64)
+    assert 1.0 - 1e-9 <= float(exact) <= rank + 1e-9
+    value = _effective_rank(z64)
+    assert value.dtype == torch.float64 and value.shape == ()
+    torch.testing.assert_close(value, exact, rtol=1e-10, atol=0.0)
+    z32 = z64.float()
+    svd32 = _effective_rank_by_svd(z32)
+    value32 = _effective_rank(z32)
+    assert value32.dtype == torch.float32
+    assert abs(float(value32) - float(exact)) <= max(2 * abs(float(svd32) - float(exact)), 1e-5 * float(exact))
+    zero = torch.zeros(n, d)
+    assert float(_effective_rank(zero)) == float(_effective_rank_by_svd(zero)) == 1.0
+
+
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_each_method_runs_under_bfloat16_autocast(name):
     method = _build(name)

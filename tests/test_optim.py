@@ -150,6 +150,79 @@ def test_lars_resumes_from_state_dict():
         torch.testing.assert_close(p, q, rtol=0, atol=0)
 
 
+def _lars_run(foreach, dtype, trust_norm, wd, momentum, eps, steps=5):
+    """A few LARS steps on ``_model`` (one zero-norm layer, one tensor without a gradient at step 1)."""
+    model = _model(seed=5).to(dtype)
+    with torch.no_grad():
+        model[3].weight.zero_()
+    opt = LARS(param_groups(model, wd), lr=0.5, momentum=momentum, trust_norm=trust_norm, eps=eps, foreach=foreach)
+    grads_seen = []
+    for step in range(steps):
+        gen = torch.Generator().manual_seed(step)
+        for i, p in enumerate(model.parameters()):
+            p.grad = None if (step == 1 and i == 2) else torch.randn(p.shape, generator=gen, dtype=dtype)
+        grads_seen.append([None if p.grad is None else p.grad.clone() for p in model.parameters()])
+        opt.step()
+        for p, g in zip(model.parameters(), grads_seen[-1]):  # the step leaves the gradients alone
+            assert (p.grad is None and g is None) or torch.equal(p.grad, g)
+    return model, opt
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("trust_norm", ["paper", "update_norm"])
+@pytest.mark.parametrize("wd,momentum,eps", [(1e-4, 0.9, 0.0), (0.0, 0.9, 0.0), (0.1, 0.0, 1e-8)])
+def test_lars_foreach_equals_the_loop(dtype, trust_norm, wd, momentum, eps):
+    loop_model, loop_opt = _lars_run(False, dtype, trust_norm, wd, momentum, eps)
+    model, opt = _lars_run(True, dtype, trust_norm, wd, momentum, eps)
+    assert not torch.equal(model[0].weight, _model(seed=5).to(dtype)[0].weight)  # it moved
+    # on CPU the foreach operations run the loop's kernels tensor by tensor: equal bit for bit
+    for p, q in zip(model.parameters(), loop_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    state, loop_state = opt.state_dict()["state"], loop_opt.state_dict()["state"]
+    assert state.keys() == loop_state.keys()
+    for key in state:
+        assert state[key].keys() == loop_state[key].keys() == ({"momentum_buffer"} if momentum else set())
+        for name in state[key]:
+            torch.testing.assert_close(state[key][name], loop_state[key][name], rtol=0, atol=0)
+
+
+def test_lars_foreach_handles_mixed_dtypes_and_refuses_a_bad_flag():
+    w32 = torch.randn(4, 3, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    w64 = torch.randn(2, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64).requires_grad_(True)
+    twins = [w32.detach().clone().requires_grad_(True), w64.detach().clone().requires_grad_(True)]
+    opts = [LARS([w32, w64], lr=0.3, weight_decay=0.01, foreach=True),
+            LARS(twins, lr=0.3, weight_decay=0.01, foreach=False)]
+    for step in range(3):
+        for p in [w32, w64, *twins]:
+            p.grad = torch.full_like(p, 0.1 * (step + 1))
+        for opt in opts:
+            opt.step()
+    torch.testing.assert_close(w32, twins[0], rtol=0, atol=0)
+    torch.testing.assert_close(w64, twins[1], rtol=0, atol=0)
+    with pytest.raises(TypeError, match="foreach"):
+        LARS([w32], foreach="yes")
+
+
+@pytest.mark.parametrize("foreach,expected", [(None, "loop"), (True, "foreach"), (False, "loop")])
+def test_lars_default_is_the_loop_on_cpu_and_foreach_elsewhere(monkeypatch, foreach, expected):
+    """As torch.optim: foreach by default on accelerators; on the CPU the loop, which is faster there."""
+    taken = []
+    for name in ("loop", "foreach"):
+        monkeypatch.setattr(LARS, f"_update_{name}", lambda self, group, params, _n=name: taken.append(_n))
+    model = _model()
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt = LARS(param_groups(model, 1e-4), foreach=foreach)
+    opt.step()
+    assert taken == [expected, expected]  # one call per group (one device and dtype each)
+    meta = nn.Linear(3, 2, device="meta")  # stands in for an accelerator's tensors (the updates are stubs)
+    for p in meta.parameters():
+        p.grad = torch.ones_like(p)
+    taken.clear()
+    LARS(param_groups(meta, 1e-4), foreach=foreach).step()
+    assert taken == 2 * ["loop" if foreach is False else "foreach"]
+
+
 def test_lars_rejects_bad_hyperparameters():
     params = list(_model().parameters())
     with pytest.raises(ValueError, match="lr"):

@@ -268,6 +268,34 @@ def test_vmf_log_normalizer_gradient_is_minus_mean_resultant_length(d):
     assert torch.allclose(grad, -vmf_mean_resultant_length(d, kappa.detach()), rtol=1e-13, atol=0.0)
 
 
+@pytest.mark.parametrize("d", [2, 3, 128, 2048])
+@pytest.mark.parametrize("kappa", [1e-3, 10.0, 16, 4e3])
+def test_vmf_log_normalizer_of_a_number_is_cached_and_equal(d, kappa):
+    """Issue 13 item 7: a number kappa is computed once per (d, kappa); the value is the uncached one."""
+    uncached = special._vmf_log_normalizer(d, torch.tensor(float(kappa), dtype=F64))
+    first = vmf_log_normalizer(d, kappa)
+    hits = special._vmf_log_normalizer_of_number.cache_info().hits
+    second = vmf_log_normalizer(d, kappa)
+    assert special._vmf_log_normalizer_of_number.cache_info().hits == hits + 1
+    for value in (first, second):
+        assert value.dtype == F64 and value.shape == () and not value.requires_grad
+        assert torch.equal(value, uncached)
+    first.add_(1.0)  # each call returns its own tensor: changing one cannot reach the cache
+    assert torch.equal(vmf_log_normalizer(d, kappa), uncached) and first is not second
+
+
+def test_vmf_log_normalizer_of_a_tensor_is_not_cached_and_stays_differentiable():
+    misses = special._vmf_log_normalizer_of_number.cache_info()
+    kappa = torch.tensor(7.25, dtype=F64, requires_grad=True)
+    value = vmf_log_normalizer(64, kappa)
+    assert special._vmf_log_normalizer_of_number.cache_info() == misses
+    (grad,) = torch.autograd.grad(value, kappa)
+    assert torch.allclose(grad, -vmf_mean_resultant_length(64, 7.25), rtol=1e-13, atol=0.0)
+    assert torch.equal(value.detach(), vmf_log_normalizer(64, 7.25))
+    value32 = vmf_log_normalizer(64, torch.tensor(7.25, requires_grad=True))
+    assert value32.dtype == torch.float32 and value32.requires_grad
+
+
 # --- shapes, dtypes, argument checks ------------------------------------------------------------
 
 

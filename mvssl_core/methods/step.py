@@ -156,15 +156,35 @@ def projection_metrics(
         a, b = z1.detach().float(), z2.detach().float()
         er = bounds.er_bound(a, b, kappa=kappa, distributed=distributed)
         z = F.normalize(dist.gather(a) if distributed else a, dim=1)
-        singular = torch.linalg.svdvals(z)
-        p = singular / singular.sum()
-        p = p[p > 0]
         return {
             "entropy": er.entropy,
             "reconstruction": er.reconstruction,
             "collapse_std": z.std(dim=0).mean(),
-            "effective_rank": torch.exp(-(p * p.log()).sum()),
+            "effective_rank": _effective_rank(z),
         }
+
+
+def _effective_rank(z: torch.Tensor) -> torch.Tensor:
+    """exp of the entropy of the normalised singular values p_i = s_i / sum_j s_j of ``z`` (N, d).
+
+    The singular values are the square roots of the eigenvalues of the Gram matrix z^T z (d x d; z z^T
+    where N < d), formed and diagonalised in float64: an eigensolver of a small m x m matrix instead of
+    an SVD of the batch. The eigenvalues carry a rounding error of about m eps64 lambda_max; those below
+    it are taken as 0 (``torch.linalg.matrix_rank``'s rule), so a rank-deficient (collapsed) batch has
+    exactly its rank's singular values. Singular values below sqrt(m eps64) s_max (2.4e-7 s_max for
+    m = 256) are thus not resolved; in float32 data they are below the rounding of the data itself,
+    which float32's own SVD does not resolve either. p log p is 0 where p is 0.
+
+    Returns:
+        0-dim tensor in [1, min(N, d)], in z's dtype.
+    """
+    z64 = z.double()
+    gram = z64.T @ z64 if z.shape[1] <= z.shape[0] else z64 @ z64.T
+    eigenvalues = torch.linalg.eigvalsh(gram)
+    noise = eigenvalues[-1] * gram.shape[0] * torch.finfo(torch.float64).eps
+    singular = torch.where(eigenvalues > noise, eigenvalues, 0.0).sqrt()
+    p = singular / singular.sum().clamp_min(torch.finfo(torch.float64).tiny)  # all 0 (z = 0): rank 1, as before
+    return torch.exp(-torch.special.xlogy(p, p).sum()).to(z.dtype)
 
 
 @torch.no_grad()
