@@ -16,7 +16,8 @@ The linear-evaluation protocol on a finished run (100 epochs of SGD on a linear 
 encoder's features of augmented images; top-1 and top-5 written into the run's results file, and into
 its ``results_file`` when the run has one and that file is absent or holds this run's record, or into the
 ``--set results_file=PATH`` named; one process or all of them under torchrun; the run folder is locked
-against a second writer meanwhile)::
+against a second writer meanwhile; every epoch is checkpointed in ``<run>/linear_eval.pt``, from which a
+rerun with the same settings resumes, and which is deleted once the results are written)::
 
     python -m mvssl_core linear-eval runs/byol_er [--set data.root=/data/imagenet] [--epochs 100]
 
@@ -280,7 +281,7 @@ def _linear_eval_locked(args: argparse.Namespace, command: str) -> int:
 
     from mvssl_core import results
     from mvssl_core.config import apply_overrides
-    from mvssl_core.evaluate import linear_eval, linear_eval_train_transform
+    from mvssl_core.evaluate import LINEAR_EVAL_CHECKPOINT, linear_eval, linear_eval_train_transform
     from mvssl_core.train import (
         CHECKPOINT_NAME,
         RESULTS_NAME,
@@ -311,6 +312,10 @@ def _linear_eval_locked(args: argparse.Namespace, command: str) -> int:
     results_file = _linear_eval_results_file(cfg, values.get("results_file"), args.overrides, ckpt, res_path)
     protocol = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr))
                 if v is not None}
+    # an interrupted protocol resumes from its checkpoint, on the same encoder and data only
+    protocol_ckpt = run / LINEAR_EVAL_CHECKPOINT
+    source = {"run_step": state["step"], "model_sha256": state.get("sha256", {}).get("model"),
+              "data.name": cfg.data.name, "data.root": cfg.data.root, "data.size": cfg.data.size}
     rt = _init_runtime(cfg)
     try:
         backbone, feature_dim = _load_backbone(state, cfg, ckpt)
@@ -329,7 +334,8 @@ def _linear_eval_locked(args: argparse.Namespace, command: str) -> int:
 
         out = linear_eval(backbone, train_set, val_set, n_classes=_n_classes(train_set), feature_dim=feature_dim,
                           device=rt.device, num_workers=cfg.num_workers, bf16=rt.bf16,
-                          channels_last=rt.channels_last, seed=cfg.seed, log=_log, **protocol)
+                          channels_last=rt.channels_last, seed=cfg.seed, log=_log, checkpoint=protocol_ckpt,
+                          checkpoint_settings=source, **protocol)
     finally:
         if rt.owns_group and torch_dist.is_initialized():
             torch_dist.destroy_process_group()
@@ -340,6 +346,7 @@ def _linear_eval_locked(args: argparse.Namespace, command: str) -> int:
     results.write_results(res_path, record)
     if results_file is not None:
         results.write_results(results_file, record)
+    protocol_ckpt.unlink(missing_ok=True)  # the results hold the protocol's numbers now
     print(json.dumps({"run": str(run), "top1": out["top1"], "top5": out["top5"]}))
     return 0
 

@@ -131,10 +131,15 @@ class ModelConfig:
     Attributes:
         backbone: "resnet18", "resnet50" or "convnet" (:func:`mvssl_core.backbones.build_backbone`).
         kwargs: its keyword arguments (``small_images``, ``widths``, ``norm``, ...).
+        sync_bn: in a distributed GPU run, BatchNorm statistics over the global batch (every BatchNorm of
+            the method, EMA teachers included, becomes ``nn.SyncBatchNorm``; :func:`mvssl_core.dist.sync_batchnorm`).
+            No effect with one process; on CPU (gloo) torch's SyncBatchNorm refuses its input, so the
+            run keeps per-process BatchNorm and says so in a warning.
     """
 
     backbone: str = "resnet18"
     kwargs: dict = field(default_factory=dict)
+    sync_bn: bool = False
 
 
 @dataclass

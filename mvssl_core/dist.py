@@ -14,6 +14,10 @@ over the concatenated batch. (Tested with two gloo processes in ``tests/test_dis
 
 Without an initialised process group, or with one process, everything here is the identity.
 
+State that must be equal on every rank but is computed with nondeterministic kernels (DeepCluster's
+k-means: ``index_add_`` on CUDA) is computed on rank 0 and copied with :func:`broadcast_`.
+BatchNorm over the global batch (``model.sync_bn``) is :func:`sync_batchnorm`.
+
 Timeout. The trainer initialises the process group with the timeout of :func:`process_group_timeout`:
 ``MVSSL_DIST_TIMEOUT_S`` seconds (default :data:`DEFAULT_TIMEOUT_S`, 10 minutes, instead of torch's 30),
 so that a stopped or crashed rank ends the others' wait at a collective with an error within minutes.
@@ -25,11 +29,13 @@ NCCL the timeout is enforced by its watchdog, on by default since torch 2.2.)
 from __future__ import annotations
 
 import datetime
+import logging
 import math
 import os
 
 import torch
 import torch.distributed as torch_dist
+from torch import nn
 
 __all__ = [
     "is_distributed",
@@ -41,6 +47,8 @@ __all__ = [
     "global_count",
     "global_mean",
     "local_slice",
+    "broadcast_",
+    "sync_batchnorm",
     "process_group_timeout",
     "TIMEOUT_ENV",
     "DEFAULT_TIMEOUT_S",
@@ -51,6 +59,8 @@ TIMEOUT_ENV = "MVSSL_DIST_TIMEOUT_S"
 
 DEFAULT_TIMEOUT_S = 600.0
 """The process group's timeout when :data:`TIMEOUT_ENV` is unset: 10 minutes."""
+
+log = logging.getLogger(__name__)
 
 
 def process_group_timeout() -> datetime.timedelta:
@@ -98,8 +108,8 @@ class _Gather(torch.autograd.Function):
     """All-gather along dim 0; backward sums the gradients over ranks and keeps the local slice."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        sizes = _gather_sizes(x.shape[0], x.device)
+    def forward(ctx, x: torch.Tensor, equal_sizes: bool) -> torch.Tensor:
+        sizes = [x.shape[0]] * torch_dist.get_world_size() if equal_sizes else _gather_sizes(x.shape[0], x.device)
         ctx.sizes = sizes
         ctx.rank = torch_dist.get_rank()
         max_n = max(sizes)
@@ -115,7 +125,7 @@ class _Gather(torch.autograd.Function):
         grad = grad.contiguous()
         torch_dist.all_reduce(grad, op=torch_dist.ReduceOp.SUM)
         start = sum(ctx.sizes[: ctx.rank])
-        return grad[start : start + ctx.sizes[ctx.rank]]
+        return grad[start : start + ctx.sizes[ctx.rank]], None
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -138,17 +148,21 @@ def _gather_sizes(n: int, device: torch.device) -> list[int]:
     local = torch.tensor([n], device=device, dtype=torch.long)
     sizes = [torch.zeros_like(local) for _ in range(torch_dist.get_world_size())]
     torch_dist.all_gather(sizes, local)
-    return [int(s.item()) for s in sizes]
+    return torch.cat(sizes).tolist()  # one host copy for all ranks' sizes
 
 
-def gather(x: torch.Tensor) -> torch.Tensor:
+def gather(x: torch.Tensor, equal_sizes: bool = False) -> torch.Tensor:
     """Concatenate ``x`` from all ranks along dim 0, in rank order, keeping gradients.
 
-    Ranks may hold different numbers of rows. Returns ``x`` itself when not distributed.
+    Ranks may hold different numbers of rows: the sizes are all-gathered first (one more collective
+    and a host sync). ``equal_sizes=True`` is the caller's promise that every rank holds as many rows
+    as this one (the trainer's per-rank batches are equal): one all-gather, no sync. A broken promise
+    is not checked: the all-gather of unequal shapes then fails or misbehaves, depending on the backend.
+    Returns ``x`` itself when not distributed.
     """
     if not is_distributed():
         return x
-    return _Gather.apply(x)
+    return _Gather.apply(x, bool(equal_sizes))
 
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
@@ -179,3 +193,49 @@ def local_slice(n_local: int, device: torch.device | str = "cpu") -> slice:
 def global_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean of ``x`` over dim 0 of the global batch (all ranks' rows), keeping gradients."""
     return all_reduce_sum(x.sum(dim=0)) / global_count(x.shape[0], x.device)
+
+
+@torch.no_grad()
+def broadcast_(x: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """In place: every rank's ``x`` becomes rank ``src``'s ``x``; returns ``x``. The identity when not distributed.
+
+    A copy of state, not a differentiable operation (no gradient flows). ``x`` must have the same shape and
+    dtype on every rank, be contiguous, and lie on this rank's device of the process group's backend
+    (CUDA for NCCL, CPU for gloo).
+    """
+    if not is_distributed():
+        return x
+    if not x.is_contiguous():
+        raise ValueError(f"broadcast_ needs a contiguous tensor, got one of shape {tuple(x.shape)} and strides "
+                         f"{x.stride()}")
+    torch_dist.broadcast(x, src=src)
+    return x
+
+
+def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """``module`` with every BatchNorm layer normalising over the global batch (``nn.SyncBatchNorm``).
+
+    SimCLR's "global BN" [0]: per-process statistics let positives, which sit on one process, leak
+    through the batch statistics. Every sub-module is converted, EMA teachers included (they run in
+    training mode, so their BatchNorm also uses batch statistics, converted as in DINO's official
+    code). The conversion keeps the parameter and buffer objects (an optimizer built before it holds the
+    same tensors), their order and the state-dict keys; in eval mode ``nn.SyncBatchNorm`` uses its running
+    statistics with no collective, so a rank-0-only evaluation does not wait for the others.
+
+    Returns ``module`` unchanged with one process (the identity: the local batch is the global one),
+    and on a device other than CUDA, where torch's SyncBatchNorm refuses its input in training (torch
+    2.14: "expected input tensor to be on GPU"): with gloo on CPU the run keeps per-process BatchNorm,
+    and rank 0 logs a warning.
+
+    [0] Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations", ICML 2020,
+        Sec. 2.2 ("Global BN").
+    """
+    if not is_distributed():
+        return module
+    kind = torch.device(device).type
+    if kind != "cuda":
+        if is_main_process():
+            log.warning("model.sync_bn: torch's SyncBatchNorm needs a GPU; this %s run keeps per-process "
+                        "BatchNorm statistics (each process normalises over its own share of the batch)", kind)
+        return module
+    return nn.SyncBatchNorm.convert_sync_batchnorm(module)

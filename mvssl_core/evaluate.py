@@ -2,7 +2,8 @@
 
 - :func:`knn_classify` is DINO's weighted k-nearest-neighbour classifier [0]: cosine similarity
   between L2-normalised features, the ``k = 20`` most similar training samples vote for their
-  class with weight ``exp(similarity / T)``, ``T = 0.07``.
+  class with weight ``exp(similarity / T)``, ``T = 0.07``. It runs on the given device, in blocks
+  of test rows whose similarities fit :data:`KNN_BLOCK_BYTES` (256 MiB).
 - :func:`linear_probe` fits a linear classifier on standardised frozen features: scikit-learn's
   multinomial logistic regression (L-BFGS) for small sets, or, for large ones, a torch linear
   layer trained with the standard recipe (SGD with momentum 0.9 or LARS, cosine learning rate,
@@ -13,7 +14,8 @@
   validation images resized and centre-cropped), trained for 100 epochs of SGD with Nesterov momentum
   and a cosine learning rate, scored by top-1 and top-5 accuracy. It runs on one process or, under
   ``torchrun``, on all of them (each rank encodes its slice of the global batch; the head's gradients
-  are averaged), which is what ``scripts/linear_eval.sh`` launches.
+  are averaged), which is what ``scripts/linear_eval.sh`` launches. Given a checkpoint file it saves
+  its state every epoch and resumes from it with the numbers of an uninterrupted run.
 
 [0] Caron et al., "Emerging Properties in Self-Supervised Vision Transformers" (DINO), ICCV 2021,
     Sec. 4.1 and its ``eval_knn.py``.
@@ -25,8 +27,10 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,10 +43,13 @@ from mvssl_core import _checks
 __all__ = [
     "extract_features",
     "knn_classify",
+    "knn_block_rows",
+    "KNN_BLOCK_BYTES",
     "knn_accuracy",
     "linear_probe",
     "linear_eval",
     "linear_eval_train_transform",
+    "LINEAR_EVAL_CHECKPOINT",
     "topk_correct",
     "SKLEARN_MAX_SAMPLES",
 ]
@@ -74,18 +81,22 @@ def extract_features(
     channels_last: bool = False,
     max_samples: int | None = None,
     seed: int = 0,
+    worker_init_fn: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features ``(N, D)`` (float32, CPU) and labels ``(N,)`` of ``dataset`` (items ``(image, label)``).
 
     The backbone runs in eval mode (BatchNorm uses its running statistics) and is put back in
     its previous mode. ``max_samples`` keeps a random subset (drawn with ``seed``) of that size.
+    Images are loaded by ``num_workers`` DataLoader processes (started with ``worker_init_fn``) into
+    pinned memory when ``device`` is CUDA; the order, and so the result, does not depend on them.
     """
     _checks.positive_int(batch_size, "batch_size")
     if max_samples is not None and max_samples < len(dataset):
         idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:max_samples]
         dataset = torch.utils.data.Subset(dataset, idx.sort().values.tolist())
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=torch.device(device).type == "cuda")
+                        pin_memory=torch.device(device).type == "cuda",
+                        worker_init_fn=worker_init_fn if num_workers > 0 else None)
     was_training = backbone.training
     backbone.eval()
     feats, labels = [], []
@@ -104,27 +115,23 @@ def extract_features(
     return torch.cat(feats), torch.cat(labels)
 
 
-@torch.no_grad()
-def knn_classify(
-    train_features: torch.Tensor,
-    train_labels: torch.Tensor,
-    test_features: torch.Tensor,
-    k: int = 20,
-    temperature: float = 0.07,
-    n_classes: int | None = None,
-    chunk_size: int = 1024,
-) -> torch.Tensor:
-    """DINO's weighted kNN classifier [0]; returns the predicted classes ``(M,)``.
+KNN_BLOCK_BYTES = 256 * 2**20
+"""Memory budget of one kNN similarity block: ``rows * N * 4`` bytes (float32 cosines against all N training
+samples) stays within it, so ImageNet's N = 1.28M gives blocks of 52 test rows (256 MiB), not 5 GiB."""
 
-    Args:
-        train_features: (N, D) features of the labelled set (normalised here).
-        train_labels: (N,) integer classes in [0, n_classes).
-        test_features: (M, D) features to classify.
-        k: neighbours (min(k, N) are used).
-        temperature: T of the vote weights ``exp(cos / T)``.
-        n_classes: number of classes (default: max label + 1).
-        chunk_size: test rows per similarity block (memory ``chunk_size * N``).
-    """
+
+def knn_block_rows(n_train: int, block_bytes: int = KNN_BLOCK_BYTES) -> int:
+    """Test rows per kNN similarity block: the most whose ``(rows, n_train)`` float32 block fits ``block_bytes``
+    (at least 1)."""
+    _checks.positive_int(n_train, "n_train")
+    _checks.positive_int(block_bytes, "block_bytes")
+    return max(1, block_bytes // (4 * n_train))
+
+
+@torch.no_grad()
+def _knn_votes(train_features, train_labels, test_features, k, temperature, n_classes, chunk_size, device,
+               block_bytes):
+    """Validated inputs, then the DINO votes ``(m, C)`` of each block of test rows, in order (on ``device``)."""
     train_features, train_labels = _features_and_labels(train_features, train_labels, "train_features")
     test_features = torch.as_tensor(test_features)
     _checks.embeddings(test_features.float(), "test_features", min_samples=1)
@@ -137,17 +144,54 @@ def knn_classify(
     if (train_labels < 0).any():
         raise ValueError("train_labels must be >= 0 (drop unlabelled samples first)")
     c = int(train_labels.max()) + 1 if n_classes is None else _checks.positive_int(n_classes, "n_classes")
-    train = F.normalize(train_features.float(), dim=1)
-    test = F.normalize(test_features.float(), dim=1)
+    rows = knn_block_rows(train_features.shape[0], block_bytes) if chunk_size is None else _checks.positive_int(
+        chunk_size, "chunk_size")
+    device = torch.device(device) if device is not None else train_features.device
+    train = F.normalize(train_features.to(device).float(), dim=1)
+    labels = train_labels.to(device)
     k = min(k, train.shape[0])
-    preds = []
-    for start in range(0, test.shape[0], chunk_size):
-        sim = test[start : start + chunk_size] @ train.T  # (m, N) cosines
+    for start in range(0, test_features.shape[0], rows):
+        test = F.normalize(test_features[start : start + rows].to(device).float(), dim=1)
+        sim = test @ train.T  # (m, N) cosines: m * N * 4 bytes
         top_sim, top_idx = sim.topk(k, dim=1)
+        del sim
         weights = (top_sim / temperature).exp()  # cosines <= 1: exp(1 / 0.07) ~ 1.6e6, no overflow
-        votes = torch.zeros(sim.shape[0], c).scatter_add_(1, train_labels[top_idx], weights)
-        preds.append(votes.argmax(dim=1))
-    return torch.cat(preds)
+        yield torch.zeros(test.shape[0], c, device=device).scatter_add_(1, labels[top_idx], weights)
+
+
+@torch.no_grad()
+def knn_classify(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    k: int = 20,
+    temperature: float = 0.07,
+    n_classes: int | None = None,
+    chunk_size: int | None = None,
+    device: str | torch.device | None = None,
+    block_bytes: int = KNN_BLOCK_BYTES,
+) -> torch.Tensor:
+    """DINO's weighted kNN classifier [0]; returns the predicted classes ``(M,)`` (on the CPU).
+
+    The test rows are classified in blocks; each row's result does not depend on the block it is in
+    (ties: ``topk``'s choice among equal cosines, then the lowest class among equal votes).
+
+    Args:
+        train_features: (N, D) features of the labelled set (normalised here).
+        train_labels: (N,) integer classes in [0, n_classes).
+        test_features: (M, D) features to classify.
+        k: neighbours (min(k, N) are used).
+        temperature: T of the vote weights ``exp(cos / T)``.
+        n_classes: number of classes (default: max label + 1).
+        chunk_size: test rows per similarity block; default: as many as fit ``block_bytes``
+            (:func:`knn_block_rows`).
+        device: where the similarities are computed (default: where ``train_features`` are); the
+            normalised training features are held there (``N * D * 4`` bytes) besides one block.
+        block_bytes: memory budget of one ``(rows, N)`` float32 similarity block (default 256 MiB).
+    """
+    votes = _knn_votes(train_features, train_labels, test_features, k, temperature, n_classes, chunk_size, device,
+                       block_bytes)
+    return torch.cat([v.argmax(dim=1).cpu() for v in votes])
 
 
 def knn_accuracy(train_features, train_labels, test_features, test_labels, **kwargs) -> float:
@@ -277,16 +321,22 @@ def evaluate_backbone(
     bf16: bool = False,
     channels_last: bool = False,
     seed: int = 0,
+    worker_init_fn: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
-    """kNN and linear-probe top-1 accuracy of a frozen encoder (test split), as fractions in [0, 1]."""
-    kw = dict(batch_size=batch_size, device=device, num_workers=num_workers, bf16=bf16, channels_last=channels_last)
+    """kNN and linear-probe top-1 accuracy of a frozen encoder (test split), as fractions in [0, 1].
+
+    Features are extracted and the kNN similarities computed on ``device`` (blocks of at most
+    :data:`KNN_BLOCK_BYTES`); images are loaded by ``num_workers`` processes.
+    """
+    kw = dict(batch_size=batch_size, device=device, num_workers=num_workers, bf16=bf16, channels_last=channels_last,
+              worker_init_fn=worker_init_fn)
     xtr, ytr = extract_features(backbone, train_set, max_samples=max_train, seed=seed, **kw)
     xte, yte = extract_features(backbone, test_set, **kw)
     labelled = ytr >= 0
     xtr, ytr = xtr[labelled], ytr[labelled]
     out: dict[str, float] = {"n_train": int(xtr.shape[0]), "n_test": int(xte.shape[0])}
     if knn:
-        out["knn_top1"] = knn_accuracy(xtr, ytr, xte, yte, k=k, temperature=temperature)
+        out["knn_top1"] = knn_accuracy(xtr, ytr, xte, yte, k=k, temperature=temperature, device=device)
     if linear:
         probe = linear_probe(xtr, ytr, xte, yte, seed=seed, device=device)
         out["linear_top1"] = probe["test_top1"]
@@ -316,6 +366,56 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...]
     return [int(hit[:, : min(k, logits.shape[1])].any(dim=1).sum()) for k in ks]
 
 
+LINEAR_EVAL_CHECKPOINT = "linear_eval.pt"
+"""File name of :func:`linear_eval`'s checkpoint in a run folder (``linear-eval`` resumes from it)."""
+
+_LINEAR_EVAL_FORMAT = "mvssl-linear-eval/1"
+_LINEAR_EVAL_KEYS = ("format", "settings", "epoch", "step", "head", "optimizer", "rng", "last")
+
+
+def _save_linear_eval_checkpoint(path: Path, state: dict) -> None:
+    from mvssl_core.atomic import atomic_write
+
+    atomic_write(path, lambda f: torch.save(state, f), binary=True)
+
+
+def _load_linear_eval_checkpoint(path: Path, settings: dict) -> dict:
+    """The checkpoint at ``path``, checked: its format, fields, and settings equal to ``settings``."""
+    from mvssl_core.train import CheckpointError
+
+    over = "; delete it to start the protocol over"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, corrupted, not a torch file
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise CheckpointError(f"linear-evaluation checkpoint {path} cannot be read ({type(e).__name__}"
+                              f"{': ' + first if first else ''}){over}") from e
+    if not isinstance(state, dict) or state.get("format") != _LINEAR_EVAL_FORMAT:
+        raise CheckpointError(f"{path} is not a linear-evaluation checkpoint (expected format "
+                              f"{_LINEAR_EVAL_FORMAT!r}){over}")
+    missing = [k for k in _LINEAR_EVAL_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"linear-evaluation checkpoint {path} lacks the fields {missing}{over}")
+    stored = state["settings"]
+    absent = object()
+    differ = sorted(k for k in {*stored, *settings} if stored.get(k, absent) != settings.get(k, absent))
+    if differ:
+        def shown(d: dict, k: str) -> str:
+            return repr(d[k]) if k in d else "(absent)"
+
+        detail = "; ".join(f"{k}: {shown(stored, k)} there, {shown(settings, k)} now" for k in differ)
+        raise CheckpointError(f"linear-evaluation checkpoint {path} was written with other settings ({detail}): "
+                              f"rerun with its settings to resume it{over}")
+    epoch, epochs = state["epoch"], settings["epochs"]
+    if not isinstance(epoch, int) or not 1 <= epoch <= epochs:
+        raise CheckpointError(f"linear-evaluation checkpoint {path}: field 'epoch' must be an integer in "
+                              f"[1, {epochs}], got {epoch!r}{over}")
+    if len(state["rng"]) != settings["world_size"]:
+        raise CheckpointError(f"linear-evaluation checkpoint {path} holds {len(state['rng'])} RNG states for a "
+                              f"world size of {settings['world_size']}{over}")
+    return state
+
+
 def linear_eval(
     backbone: nn.Module,
     train_set: Dataset,
@@ -335,6 +435,9 @@ def linear_eval(
     channels_last: bool = False,
     seed: int = 0,
     log: Callable[[dict], None] | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 1,
+    checkpoint_settings: dict | None = None,
 ) -> dict:
     """Train a linear head on the frozen encoder's features of augmented images; top-1 and top-5 on ``val_set``.
 
@@ -356,7 +459,16 @@ def linear_eval(
         epochs, batch_size (global), lr, scale_lr, momentum, weight_decay: the recipe.
         device, num_workers, bf16, channels_last: where and how the encoder runs.
         seed: seeds the head's initialisation, the data order and the augmentations.
-        log: called with a dict after every epoch (rank 0 may print it).
+        log: called with a dict after every epoch (rank 0 may print it), after the checkpoint is written.
+        checkpoint: a file (:data:`LINEAR_EVAL_CHECKPOINT` in a run folder) that rank 0 writes atomically
+            every ``checkpoint_every`` epochs and after the last one: the head, the optimizer, the epoch and
+            step (the cosine schedule's position), every rank's CPU RNG state (the augmentations of the
+            main process) and the settings. If it exists, the protocol resumes from it and ends with the
+            same numbers as an uninterrupted one (bitwise on the CPU); a file written with other settings
+            (the recipe, ``n_classes``, ``feature_dim``, the data sizes, the world size, and
+            ``checkpoint_settings``) raises :class:`mvssl_core.train.CheckpointError`. It is left in place:
+            the caller deletes it once the results are stored.
+        checkpoint_settings: more settings a resume must match (e.g. which encoder and data).
 
     Returns:
         ``{"top1", "top5", "train_top1", "train_loss"}`` (fractions in [0, 1]; train on augmented
@@ -374,6 +486,7 @@ def linear_eval(
     _checks.positive_int(epochs, "epochs")
     _checks.positive_int(batch_size, "batch_size")
     _checks.positive(lr, "lr")
+    _checks.positive_int(checkpoint_every, "checkpoint_every")
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"momentum must be in [0, 1), got {momentum}")
     device = torch.device(device)
@@ -390,6 +503,25 @@ def linear_eval(
     head = head.to(device)
     opt = torch.optim.SGD(head.parameters(), lr=peak, momentum=momentum, nesterov=momentum > 0,
                           weight_decay=weight_decay)
+    settings = {"epochs": epochs, "batch_size": batch_size, "lr": peak, "momentum": momentum,
+                "weight_decay": weight_decay, "seed": seed, "n_classes": n_classes, "feature_dim": feature_dim,
+                "n_train": len(train_set), "n_val": len(val_set), "world_size": world, **(checkpoint_settings or {})}
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    resumed = None
+    if checkpoint is not None:  # rank 0 reads it: the other ranks need not see the same file system
+        found: list = [None, None]  # the state, or the error every rank raises
+        if rank == 0:
+            for tmp in checkpoint.parent.glob(f".{checkpoint.name}.*.tmp"):  # of a process killed while writing
+                tmp.unlink(missing_ok=True)
+            try:
+                found[0] = _load_linear_eval_checkpoint(checkpoint, settings) if checkpoint.exists() else None
+            except Exception as e:
+                found[1] = e
+        if world > 1:
+            torch_dist.broadcast_object_list(found, src=0)
+        if found[1] is not None:
+            raise found[1]
+        resumed = found[0]
     was_training = backbone.training
     grads_were = [p.requires_grad for p in backbone.parameters()]
     backbone.eval().requires_grad_(False)
@@ -404,9 +536,15 @@ def linear_eval(
 
     pin = device.type == "cuda"
     torch.manual_seed(seed * 1000 + rank)  # augmentations in the main process; workers get the loader's seed
-    step, out = 0, {}
+    step, out, first_epoch = 0, {}, 0
+    if resumed is not None:
+        head.load_state_dict(resumed["head"])
+        opt.load_state_dict(resumed["optimizer"])
+        torch.set_rng_state(resumed["rng"][rank])
+        step, out, first_epoch = resumed["step"], dict(resumed["last"]), resumed["epoch"]
+        del resumed
     try:
-        for epoch in range(epochs):
+        for epoch in range(first_epoch, epochs):
             sampler.set_epoch(epoch)
             loader = DataLoader(train_set, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin,
                                 generator=torch.Generator().manual_seed(seed * 1000 + epoch * 10 + rank))
@@ -432,6 +570,16 @@ def linear_eval(
             if world > 1:
                 torch_dist.all_reduce(sums)
             out = {"epoch": epoch + 1, "train_loss": float(sums[0] / sums[2]), "train_top1": float(sums[1] / sums[2])}
+            if checkpoint is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
+                rng = [torch.get_rng_state()]
+                if world > 1:
+                    rng = [None] * world
+                    torch_dist.all_gather_object(rng, torch.get_rng_state())
+                if rank == 0:
+                    _save_linear_eval_checkpoint(checkpoint, {
+                        "format": _LINEAR_EVAL_FORMAT, "settings": settings, "epoch": epoch + 1, "step": step,
+                        "head": {k: v.detach().cpu() for k, v in head.state_dict().items()},
+                        "optimizer": opt.state_dict(), "rng": rng, "last": out})
             if log is not None:
                 log(out)
 

@@ -23,7 +23,9 @@ refused at once, naming the holder's pid. The kernel releases the lock when its 
 Distributed runs. Under ``torchrun`` (``WORLD_SIZE > 1``) the process group is initialised with
 NCCL on GPU and gloo on CPU, the method is built with ``distributed=True`` (its coupled losses and
 estimators then run over the global batch) and wrapped in ``DistributedDataParallel`` with
-``broadcast_buffers=False``. Rank 0 writes every file.
+``broadcast_buffers=False``; with ``model.sync_bn`` its BatchNorm layers first become ``nn.SyncBatchNorm``
+(:func:`mvssl_core.dist.sync_batchnorm`: GPU runs only; one process or gloo on CPU keep plain BatchNorm).
+Rank 0 writes every file.
 
 Same data whatever the world size. :class:`GlobalBatchSampler` draws one permutation of the data set
 per epoch from ``(seed, epoch)``; optimizer step ``s`` uses global batch ``perm[s*B:(s+1)*B]``, cut
@@ -55,6 +57,14 @@ GPU data pipeline (``data.gpu_pipeline``: true, or "auto" for an ImageFolder on 
 read the JPEG files (:class:`mvssl_core.gpu_views.JpegBytes`); each micro-batch is decoded and augmented on
 the device with the recipe of ``mvssl_core.views``, from a generator seeded by (seed, step, micro-batch,
 rank): resuming stays exact, but the views then depend on the world size.
+
+Per-step cost: the method's metrics (ER terms, effective rank, assignments) and the probe's values are
+computed, gathered and copied to the host only on the steps that write a log line (every ``log_every``-th
+and the last; the forward's ``metrics`` flag), the metrics of a step with one copy. Every step copies the
+loss to the host once, checked finite on every rank with one all-reduce (``scripts/count_step_sync.py``
+counts a step's collectives and host syncs with 2 processes). On CUDA ``torch.backends.cudnn.benchmark``
+is on (as in ``scripts/bench_gpu.py``): cuDNN times its convolution algorithms at the first batch of each
+shape and keeps the fastest, so the convolutions of a GPU run are not bitwise repeatable from run to run.
 
 Precision: bf16 autocast and channels-last memory format on GPU only (``precision``,
 ``channels_last``). On CPU DataLoader workers run with one thread each (torchvision's v2 colour
@@ -838,6 +848,8 @@ def _train(cfg: RunConfig, rt: Runtime, *, resume: bool, stop_after: int | None,
 
     model: nn.Module = method
     if rt.distributed:
+        if cfg.model.sync_bn:  # same parameter objects: the optimizer and the probe hook are unaffected
+            method = dist.sync_batchnorm(method, rt.device)
         with warnings.catch_warnings():
             # torch >= 2.14 deprecates broadcast_buffers, but its replacement still syncs buffers at
             # construction; the methods' per-process buffers (SwAV queue) must not be synced at all
@@ -881,6 +893,8 @@ def _train(cfg: RunConfig, rt: Runtime, *, resume: bool, stop_after: int | None,
         return (_to_device(views, rt), labels.to(rt.device, non_blocking=True),
                 indices.to(rt.device, non_blocking=True))
 
+    if rt.device.type == "cuda":  # the fastest convolution algorithms for the run's fixed shapes (module docstring)
+        torch.backends.cudnn.benchmark = True
     method.train()
     if step == 0 and getattr(method, "prefill", False):
         # DeepCluster-v2's pass over the data before training: every sample's projection in the bank
@@ -913,6 +927,7 @@ def _train(cfg: RunConfig, rt: Runtime, *, resume: bool, stop_after: int | None,
                 if probe_opt is not None:
                     probe_opt.zero_grad(set_to_none=True)
                 sums: dict[str, float] = {}
+                logged_step = (step + 1) % cfg.log_every == 0 or step + 1 == total  # metrics on these steps only
                 for micro in range(cfg.accumulate):
                     with _one_thread(cfg.num_workers == 0):
                         batch = next(batches)
@@ -923,25 +938,24 @@ def _train(cfg: RunConfig, rt: Runtime, *, resume: bool, stop_after: int | None,
                     with sync:
                         try:
                             with autocast():
-                                out = model(views, progress, indices)
+                                out = model(views, progress, indices, metrics=logged_step)
                         except ValueError as e:  # an estimator's input check: NaN features, zero rows...
                             if step == resumed_at and not _non_finite(method, probe):
                                 raise  # before any update of this process: not a divergence
                             raise DivergenceError(
                                 f"{cfg.method}: training diverged by step {step} (epoch {epoch}): {e}; "
                                 f"lower optim.lr or check the data{_KEPT}") from e
-                        loss_ok = math.isfinite(out.metrics["loss"])
-                        if rt.distributed:  # all ranks stop together (a lone rank would leave the others waiting)
-                            loss_ok = dist.global_count(int(not loss_ok), rt.device) == 0
+                        loss_value, loss_ok = _loss_check(out.loss, rt)
                         if not loss_ok:
                             raise DivergenceError(
-                                f"{cfg.method}: the loss is {out.metrics['loss']} at step {step} (epoch {epoch}); "
+                                f"{cfg.method}: the loss is {loss_value} at step {step} (epoch {epoch}); "
                                 f"lower optim.lr or check the data{_KEPT}"
                             )
                         (out.loss / cfg.accumulate).backward()
-                    metrics = dict(out.metrics)
+                    metrics = {**out.metrics, "loss": loss_value}
                     if probe is not None:
-                        metrics.update(_probe_step(probe, captured[0], labels, views[0].shape[0], cfg.accumulate, rt))
+                        metrics.update(_probe_step(probe, captured[0], labels, views[0].shape[0], cfg.accumulate, rt,
+                                                   values=logged_step))
                     for k, v in metrics.items():
                         sums[k] = sums.get(k, 0.0) + v / cfg.accumulate
                 optimizer.step()
@@ -1019,25 +1033,43 @@ def _fill_batches(n: int, per_rank: int, world_size: int, rank: int) -> list[lis
     return [[(start + rank * per_rank + t) % n for t in range(per_rank)] for start in range(0, n, step)]
 
 
+def _loss_check(loss: torch.Tensor, rt: Runtime) -> tuple[float, bool]:
+    """The loss as a number, and whether it is finite on every rank: one host sync, and one all-reduce when
+    distributed (all ranks stop together: a lone rank would leave the others waiting)."""
+    loss = loss.detach()
+    bad = (~torch.isfinite(loss)).to(torch.float64).reshape(1)
+    if rt.distributed:
+        bad = dist.all_reduce_sum(bad)
+    value, n_bad = torch.cat([loss.to(torch.float64).reshape(1), bad]).tolist()
+    return value, n_bad == 0
+
+
 def _probe_step(probe: nn.Linear, features: torch.Tensor, labels: torch.Tensor, n: int, accumulate: int,
-                rt: Runtime) -> dict[str, float]:
-    """One online-probe gradient on the detached features of the first view (global batch)."""
+                rt: Runtime, values: bool = True) -> dict[str, float]:
+    """One online-probe gradient on the detached features of the first view (global batch); its loss and
+    accuracy as numbers when ``values`` (the steps that are logged), else {} (no host copy)."""
     feats = features[:n].detach().float()
     if rt.distributed:  # every rank fits the probe on the same global batch: no gradient sync needed
-        feats, labels = dist.gather(feats), dist.gather(labels)
+        # the trainer's per-rank batches are equal: one all-gather each, no all-gather of the sizes
+        feats, labels = dist.gather(feats, equal_sizes=True), dist.gather(labels, equal_sizes=True)
     logits = probe(feats)
     labelled = labels >= 0
     if not bool(labelled.any()):
         return {}
     loss = F.cross_entropy(logits[labelled], labels[labelled])
     (loss / accumulate).backward()
+    if not values:
+        return {}
     acc = (logits[labelled].argmax(1) == labels[labelled]).float().mean()
     values = torch.stack([loss.detach(), acc]).tolist()
     return {"probe_loss": values[0], "probe_acc": values[1]}
 
 
 def evaluate_run(cfg: RunConfig, backbone: nn.Module, rt: Runtime | None = None) -> dict[str, float]:
-    """kNN and linear-probe accuracy of the backbone on the run's evaluation splits (empty if both off)."""
+    """kNN and linear-probe accuracy of the backbone on the run's evaluation splits (empty if both off).
+
+    Runs on ``rt.device`` (the CPU without ``rt``), loading images with ``cfg.num_workers`` processes.
+    """
     from mvssl_core.evaluate import evaluate_backbone
 
     if not (cfg.eval.knn or cfg.eval.linear):
@@ -1047,8 +1079,8 @@ def evaluate_run(cfg: RunConfig, backbone: nn.Module, rt: Runtime | None = None)
     return evaluate_backbone(
         backbone, train_set, test_set, knn=cfg.eval.knn, linear=cfg.eval.linear, k=cfg.eval.k,
         temperature=cfg.eval.temperature, max_train=cfg.eval.max_train, batch_size=cfg.eval.batch_size,
-        device=device, num_workers=0, bf16=bool(rt and rt.bf16), channels_last=bool(rt and rt.channels_last),
-        seed=cfg.seed,
+        device=device, num_workers=cfg.num_workers, bf16=bool(rt and rt.bf16),
+        channels_last=bool(rt and rt.channels_last), seed=cfg.seed, worker_init_fn=_worker_init,
     )
 
 

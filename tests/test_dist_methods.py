@@ -29,7 +29,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from mvssl_core import heads, losses
+from mvssl_core import dist, heads, losses
 from mvssl_core.backbones import ConvNet
 from mvssl_core.methods import METHODS, build_method
 
@@ -125,7 +125,7 @@ def _global_views(step: int) -> list[torch.Tensor]:
     ]
 
 
-def _run_method(name: str, rows: slice, distributed: bool):
+def _run_method(name: str, rows: slice, distributed: bool, metrics: bool = True):
     """Two steps on the rows ``rows`` of the global batch; returns step 2's loss, metrics and gradients."""
     method = _method(name, distributed)
     indices = torch.arange(N)[rows]
@@ -133,7 +133,7 @@ def _run_method(name: str, rows: slice, distributed: bool):
         method.start_epoch(step)
         method.zero_grad(set_to_none=True)
         views = [v[rows] for v in _global_views(step)]
-        out = method.training_step(views, 0.05 + 0.1 * step, indices=indices)
+        out = method(views, 0.05 + 0.1 * step, indices, metrics=metrics)
         out.loss.backward()
     grads = {
         k: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
@@ -178,10 +178,35 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             results[name] = (value.detach(), grads)
         for name in METHODS:
             results[f"method:{name}"] = _run_method(name, _rows(rank), distributed=True)
+            results[f"quiet:{name}"] = _run_method(name, _rows(rank), distributed=True, metrics=False)
             results[f"ddp:{name}"] = _train_steps(name, _rows(rank), distributed=True)
+        results["gather"] = {equal: _gather_equal_rows(rank, equal) for equal in (False, True)}
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         torch_dist.destroy_process_group()
+
+
+EQUAL = 4  # rows per rank of the equal-sizes gather
+
+
+def _gather_equal_rows(rank: int, equal_sizes: bool):
+    """dist.gather of EQUAL rows per rank: the gathered rows, this rank's gradient of a weighted sum of the
+    global rows, and the number of collectives of the forward."""
+    x = _batch(30)[rank * EQUAL : (rank + 1) * EQUAL].clone().requires_grad_(True)
+    calls = []
+    all_gather = torch_dist.all_gather
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return all_gather(*args, **kwargs)
+
+    torch_dist.all_gather = counted
+    try:
+        out = dist.gather(x, equal_sizes=equal_sizes)
+    finally:
+        torch_dist.all_gather = all_gather
+    (out * _batch(31)[: WORLD * EQUAL]).sum().backward()
+    return out.detach(), x.grad, len(calls)
 
 
 @pytest.fixture(scope="module")
@@ -270,3 +295,97 @@ def test_ddp_training_equals_single_process(two_process_results, name):
         assert set(params) == set(expected)
         for key, value in expected.items():
             torch.testing.assert_close(params[key], value, rtol=1e-4, atol=1e-5, msg=lambda m, key=key: f"{key}: {m}")
+
+
+# ------------------------------------------------------------------------------------------------
+# DeepCluster's k-means: on rank 0, broadcast to the others
+
+
+def _bank(method, perturb: bool) -> None:
+    """A full memory bank, the same on every rank unless ``perturb`` (a replica whose bank drifted)."""
+    g = torch.Generator().manual_seed(7)
+    bank = F.normalize(torch.randn(method.memory.shape, generator=g), dim=-1)
+    if perturb:
+        bank = F.normalize(bank + 0.3 * torch.randn(bank.shape, generator=torch.Generator().manual_seed(8)), dim=-1)
+    method.memory.copy_(bank)
+    method.seen.fill_(True)
+
+
+def _clustered(method) -> dict:
+    return {"prototypes": [h.weight.detach().clone() for h in method.prototypes.heads],
+            "assignments": method.assignments.clone()}
+
+
+def _kmeans_worker(rank: int, init_file: str, out_dir: str) -> None:
+    from mvssl_core.methods import deepcluster as deepcluster_module
+
+    torch_dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+    kmeans, calls = deepcluster_module.spherical_kmeans, []
+    try:
+        method = _method("deepcluster", distributed=True)
+        _bank(method, perturb=rank == 1)
+        torch.manual_seed(1000 + rank)  # per-rank RNG states differ too
+        deepcluster_module.spherical_kmeans = lambda *a, **k: calls.append(1) or kmeans(*a, **k)
+        method.start_epoch(3)
+        torch.save({**_clustered(method), "calls": len(calls)}, os.path.join(out_dir, f"kmeans{rank}.pt"))
+    finally:
+        deepcluster_module.spherical_kmeans = kmeans
+        torch_dist.destroy_process_group()
+
+
+def test_kmeans_runs_on_rank_0_and_every_rank_holds_its_result():
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_kmeans_worker, args=(os.path.join(tmp, "init"), tmp), nprocs=WORLD, join=True)
+        ranks = [torch.load(os.path.join(tmp, f"kmeans{r}.pt")) for r in range(WORLD)]
+    single = _method("deepcluster", distributed=False)
+    _bank(single, perturb=False)
+    single.start_epoch(3)
+    expected = _clustered(single)
+    # one process: what spherical_kmeans gives on the bank, with the seed of (seed, epoch, head) as before
+    heads_ = single.prototypes.heads
+    for h, head in enumerate(heads_):
+        g = torch.Generator().manual_seed(single.seed * 1_000_003 + 3 * len(heads_) + h)
+        centroids, assignment = losses.spherical_kmeans(single.memory[h % single.n_global], 4, single.kmeans_iters,
+                                                        generator=g)
+        assert torch.equal(expected["prototypes"][h], centroids.float())
+        assert torch.equal(expected["assignments"][h], assignment)
+    assert (expected["assignments"] >= 0).all()
+    # the perturbed replica would cluster to other centroids on its own: the broadcast is what aligns them
+    drifted = _method("deepcluster", distributed=False)
+    _bank(drifted, perturb=True)
+    drifted.start_epoch(3)
+    assert not torch.equal(_clustered(drifted)["prototypes"][0], expected["prototypes"][0])
+    assert [r["calls"] for r in ranks] == [len(heads_), 0]  # k-means on rank 0 only
+    for r in ranks:
+        for got, want in zip(r["prototypes"], expected["prototypes"]):
+            assert torch.equal(got, want)
+        assert torch.equal(r["assignments"], expected["assignments"])
+
+
+def test_gather_equal_sizes_equals_the_general_path(two_process_results):
+    """``equal_sizes=True`` skips the all-gather of the sizes: the same rows and gradients, one collective, not 2."""
+    x = _batch(30)[: WORLD * EQUAL]
+    weights = _batch(31)[: WORLD * EQUAL]
+    for rank, res in enumerate(two_process_results):
+        general, general_grad, general_calls = res["gather"][False]
+        fast, fast_grad, fast_calls = res["gather"][True]
+        assert (general_calls, fast_calls) == (2, 1)
+        assert torch.equal(fast, general) and torch.equal(fast, x)
+        # the backward sums the identical weights of the 2 ranks and keeps this rank's rows
+        assert torch.equal(fast_grad, general_grad)
+        torch.testing.assert_close(fast_grad, WORLD * weights[rank * EQUAL : (rank + 1) * EQUAL])
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_methods_without_metrics_give_the_same_loss_and_gradients(two_process_results, name):
+    """``metrics=False`` (a step the trainer does not log), 2 processes: no metrics, the same loss and
+    gradients bit for bit."""
+    for res in two_process_results:
+        loss, metrics, grads = res[f"method:{name}"]
+        q_loss, q_metrics, q_grads = res[f"quiet:{name}"]
+        assert q_metrics == {} and len(metrics) >= 5
+        assert torch.equal(q_loss, loss)
+        assert grads.keys() == q_grads.keys()
+        for key in grads:
+            assert torch.equal(q_grads[key], grads[key]), key

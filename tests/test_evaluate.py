@@ -231,3 +231,253 @@ def test_evaluation_splits_with_other_class_folders_are_refused(tmp_path, train,
             Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / split / c / "0.png")
     train_set, val_set = build_eval_sets(cfg)
     assert train_set.class_to_idx == val_set.class_to_idx
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluation at scale (issue 13, item 8): kNN in bounded blocks on the device, workers, a resumable protocol
+
+
+def _dense_knn_votes(xtr, ytr, xte, k, temperature, n_classes):
+    """The kNN votes in one (M, N) similarity matrix, transcribed from DINO's eval_knn.py."""
+    train = torch.nn.functional.normalize(xtr.float(), dim=1)
+    test = torch.nn.functional.normalize(xte.float(), dim=1)
+    top_sim, top_idx = (test @ train.T).topk(min(k, len(train)), dim=1)
+    return torch.zeros(len(test), n_classes).scatter_add_(1, ytr[top_idx], (top_sim / temperature).exp())
+
+
+@pytest.mark.parametrize("rows,block_bytes", [(None, 256 * 2**20), (1, None), (7, None), (32, None), (96, None),
+                                              (97, None), (None, 4 * 301 * 13), (None, 1)])
+def test_blocked_knn_equals_the_dense_computation(rows, block_bytes):
+    """Blocks of 1 to all 97 test rows (most not dividing 97), by count or by memory budget: the votes of the dense
+    computation (to float32 rounding, times 1/T = 14 through exp(cos / T): the matrix product sums in another
+    order for other block shapes) and the same predictions."""
+    from mvssl_core.evaluate import KNN_BLOCK_BYTES, _knn_votes
+
+    g = torch.Generator().manual_seed(0)
+    xtr, ytr = torch.randn(301, 17, generator=g), torch.randint(0, 7, (301,), generator=g)
+    xte = torch.randn(97, 17, generator=g)
+    ref = _dense_knn_votes(xtr, ytr, xte, 20, 0.07, 7)
+    votes = list(_knn_votes(xtr, ytr, xte, 20, 0.07, 7, rows, "cpu", block_bytes or KNN_BLOCK_BYTES))
+    expected_rows = rows or max(1, (block_bytes or KNN_BLOCK_BYTES) // (4 * 301))
+    assert [len(v) for v in votes][:-1] == [expected_rows] * (len(votes) - 1) and sum(map(len, votes)) == 97
+    torch.testing.assert_close(torch.cat(votes), ref, rtol=1e-5, atol=0)
+    preds = knn_classify(xtr, ytr, xte, chunk_size=rows, block_bytes=block_bytes or KNN_BLOCK_BYTES, device="cpu")
+    assert torch.equal(preds, ref.argmax(1))
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 5])
+def test_blocked_knn_breaks_ties_like_the_dense_computation(rows):
+    """Exact ties (cosines 0 and 1 of one-hot features; duplicated training samples of other classes): topk's
+    choice among equal cosines and the lowest class among equal votes, whatever the block."""
+    from mvssl_core.evaluate import _knn_votes
+
+    eye = torch.eye(3)
+    xtr = torch.cat([eye, eye, eye[:1]])          # samples 0-2, again 3-5, and e0 a third time
+    ytr = torch.tensor([2, 0, 1, 1, 2, 0, 0])
+    xte = torch.cat([eye, eye[[2, 0]]])           # 5 queries
+    for k in (1, 2, 3, 7):
+        ref = _dense_knn_votes(xtr, ytr, xte, k, 0.07, 3)
+        votes = torch.cat(list(_knn_votes(xtr, ytr, xte, k, 0.07, 3, rows, "cpu", 1)))
+        assert torch.equal(votes, ref), k
+        assert torch.equal(knn_classify(xtr, ytr, xte, k=k, chunk_size=rows), ref.argmax(1)), k
+    # by hand, k = 2: e1's neighbours are samples 1 (class 0) and 4 (class 2), equal votes: the lower class, 0
+    assert knn_classify(xtr, ytr, eye[1:2], k=2, chunk_size=rows).tolist() == [0]
+
+
+def test_knn_block_rows_follow_the_memory_budget():
+    from mvssl_core.evaluate import KNN_BLOCK_BYTES, knn_block_rows
+
+    assert KNN_BLOCK_BYTES == 256 * 2**20
+    for n in (1, 1000, 50_000, 1_281_167, 2**26, 10**9):
+        rows = knn_block_rows(n)
+        assert rows == 1 or rows * n * 4 <= KNN_BLOCK_BYTES < (rows + 1) * n * 4, n
+    assert knn_block_rows(1_281_167) == 52  # ImageNet: 52 test rows, 254 MiB (was 1024 rows, 5 GB)
+    assert knn_block_rows(100, block_bytes=4 * 100 * 3 + 5) == 3 and knn_block_rows(10**9) == 1
+    with pytest.raises(ValueError, match="block_bytes"):
+        knn_block_rows(10, block_bytes=0)
+    with pytest.raises(ValueError, match="chunk_size"):
+        knn_classify(torch.randn(4, 2), torch.tensor([0, 1, 0, 1]), torch.randn(2, 2), chunk_size=0)
+
+
+def test_evaluate_run_extracts_on_the_run_device_with_the_configured_workers(tmp_path, monkeypatch):
+    """evaluate_run loaded the evaluation images in the main process (num_workers=0) whatever the config."""
+    from mvssl_core import evaluate
+    from mvssl_core.config import RunConfig, from_dict
+    from mvssl_core.train import Runtime, evaluate_run
+
+    seen = {}
+    monkeypatch.setattr(evaluate, "evaluate_backbone", lambda *a, **kw: seen.update(kw) or {"knn_top1": 0.5})
+    cfg = from_dict(RunConfig, {"method": "simclr", "out": str(tmp_path / "run"), "num_workers": 3,
+                                "data": {"name": "shapes", "size": 16, "n": 32}})
+    rt = Runtime(device=torch.device("cpu"), rank=0, world_size=1, distributed=False, bf16=False,
+                 channels_last=False, owns_group=False)
+    assert evaluate_run(cfg, nn.Identity(), rt) == {"knn_top1": 0.5}
+    assert seen["num_workers"] == 3 and seen["device"] == torch.device("cpu") and seen["worker_init_fn"] is not None
+
+
+def test_extract_features_with_workers_equals_the_main_process():
+    data = _image_clusters(10, 3, seed=4)  # 30 "images"
+    backbone = nn.Sequential(nn.Flatten(), nn.Linear(18, 5))
+    a = extract_features(backbone, data, batch_size=7, num_workers=0)
+    b = extract_features(backbone, data, batch_size=7, num_workers=2)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+class _Augmented(torch.utils.data.Dataset):
+    """Noise from the global RNG of the loading process, like an augmentation loaded without workers."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        x, y = self.data[i]
+        return x + 0.5 * torch.randn(x.shape), y
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_linear_eval_resumes_from_its_checkpoint_with_the_uninterrupted_numbers(tmp_path):
+    from mvssl_core.evaluate import linear_eval
+    from mvssl_core.train import CheckpointError
+
+    train, val = _Augmented(_image_clusters(16, 8, seed=1)), _image_clusters(8, 8, seed=2)
+    kw = dict(n_classes=8, feature_dim=18, epochs=4, batch_size=32, lr=1.0, seed=0)
+    whole = linear_eval(nn.Flatten(), train, val, checkpoint=tmp_path / "a.pt", **kw)
+    plain = linear_eval(nn.Flatten(), train, val, **kw)
+    assert whole == plain  # the checkpoint changes nothing
+    saved = torch.load(tmp_path / "a.pt", weights_only=True)
+    assert saved["epoch"] == 4 and saved["step"] == 16 and saved["settings"]["epochs"] == 4
+
+    def die_after_epoch_2(row):
+        if row["epoch"] == 2:
+            raise _Killed
+
+    ckpt = tmp_path / "b.pt"
+    with pytest.raises(_Killed):
+        linear_eval(nn.Flatten(), train, val, checkpoint=ckpt, log=die_after_epoch_2, **kw)
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 2
+    stale = tmp_path / ".b.pt.x1y2.tmp"  # left by a process killed while writing the checkpoint
+    stale.write_bytes(b"half")
+    rows = []
+    resumed = linear_eval(nn.Flatten(), train, val, checkpoint=ckpt, log=rows.append, **kw)
+    assert [r["epoch"] for r in rows] == [3, 4]
+    assert resumed == whole  # top-1, top-5, the last epoch's train loss and accuracy: exactly
+    assert not stale.exists()
+    # other settings: refused, naming the file and what differs; the encoder is left as it was
+    encoder = nn.Sequential(nn.Flatten()).train()
+    with pytest.raises(CheckpointError, match=rf"checkpoint {ckpt} was written with other settings \(epochs: 4 "
+                                              r"there, 5 now; lr: 0.125 there, 0.25 now\)"):
+        linear_eval(encoder, train, val, checkpoint=ckpt, **{**kw, "epochs": 5, "lr": 2.0})
+    assert encoder.training
+    with pytest.raises(CheckpointError, match=r"\(run_step: \(absent\) there, 3 now\)"):
+        linear_eval(nn.Flatten(), train, val, checkpoint=ckpt, checkpoint_settings={"run_step": 3}, **kw)
+    for content in (b"not a checkpoint", b""):
+        ckpt.write_bytes(content)
+        with pytest.raises(CheckpointError, match=rf"linear-evaluation checkpoint {ckpt} cannot be read .*"
+                                                  r"; delete it to start the protocol over$") as e:
+            linear_eval(nn.Flatten(), train, val, checkpoint=ckpt, **kw)
+        assert "\n" not in str(e.value)
+    torch.save({"format": "mvssl-linear-eval/1", "settings": {}}, ckpt)
+    with pytest.raises(CheckpointError, match=r"lacks the fields \['epoch', 'step', 'head'"):
+        linear_eval(nn.Flatten(), train, val, checkpoint=ckpt, **kw)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        linear_eval(nn.Flatten(), train, val, checkpoint=ckpt, checkpoint_every=0, **kw)
+
+
+def test_linear_eval_command_resumes_an_interrupted_protocol(tmp_path, monkeypatch, capsys):
+    """`linear-eval` killed after epoch 1 and run again ends with the numbers of an uninterrupted one; its
+    checkpoint is deleted once the results hold them; a rerun with other settings is refused in one line."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from mvssl_core import evaluate
+    from mvssl_core.cli import main
+    from mvssl_core.results import load_results
+    from mvssl_core.train import RESULTS_NAME, train
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_train import _cfg
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    train(_cfg("simclr", whole))
+    shutil.copytree(whole, cut)
+    argv = ["--epochs", "3", "--batch-size", "16", "--device", "cpu", "--quiet"]
+    assert main(["linear-eval", str(whole), *argv]) == 0
+    assert not (whole / evaluate.LINEAR_EVAL_CHECKPOINT).exists()
+
+    save = evaluate._save_linear_eval_checkpoint
+
+    def save_then_die(path, state):
+        save(path, state)
+        raise _Killed
+
+    monkeypatch.setattr(evaluate, "_save_linear_eval_checkpoint", save_then_die)
+    with pytest.raises(_Killed):
+        main(["linear-eval", str(cut), *argv])
+    monkeypatch.setattr(evaluate, "_save_linear_eval_checkpoint", save)
+    assert torch.load(cut / evaluate.LINEAR_EVAL_CHECKPOINT, weights_only=True)["epoch"] == 1
+    assert "linear_eval" not in load_results(cut / RESULTS_NAME)["metrics"]
+    capsys.readouterr()
+    assert main(["linear-eval", str(cut), *argv[:1], "4", *argv[2:]]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "written with other settings (epochs: 3 there, 4 now)" in err
+    assert main(["linear-eval", str(cut), *argv]) == 0
+    assert not (cut / evaluate.LINEAR_EVAL_CHECKPOINT).exists()
+    a = load_results(whole / RESULTS_NAME)["metrics"]["linear_eval"]
+    b = load_results(cut / RESULTS_NAME)["metrics"]["linear_eval"]
+    for key in ("top1", "top5", "train_top1", "train_loss", "epochs", "n_train", "n_val"):
+        assert a[key] == b[key], key
+
+
+def _linear_eval_worker(rank: int, init_file: str, out_dir: str) -> None:
+    """Rank ``rank`` of 2 gloo processes: the protocol whole, then killed after epoch 2 and resumed. Only rank 0
+    is given the checkpoint's real path (rank 1's does not exist): the state reaches it from rank 0."""
+    import os
+
+    import torch.distributed as torch_dist
+
+    from mvssl_core.evaluate import linear_eval
+
+    torch.set_num_threads(1)
+    torch_dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        train, val = _Augmented(_image_clusters(16, 8, seed=1)), _image_clusters(8, 8, seed=2)
+        kw = dict(n_classes=8, feature_dim=18, epochs=4, batch_size=32, lr=1.0, seed=0)
+        whole = linear_eval(nn.Flatten(), train, val, **kw)
+        ckpt = os.path.join(out_dir, "linear_eval.pt" if rank == 0 else "elsewhere.pt")
+
+        def die_after_epoch_2(row):
+            if row["epoch"] == 2:
+                raise _Killed
+
+        try:
+            linear_eval(nn.Flatten(), train, val, checkpoint=ckpt, log=die_after_epoch_2, **kw)
+        except _Killed:
+            pass
+        rows = []
+        resumed = linear_eval(nn.Flatten(), train, val, checkpoint=ckpt, log=rows.append, **kw)
+        torch.save({"whole": whole, "resumed": resumed, "epochs": [r["epoch"] for r in rows]},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        torch_dist.destroy_process_group()
+
+
+def test_linear_eval_resumes_exactly_on_two_processes(tmp_path):
+    """Under a process group: every rank's augmentation RNG state saved by rank 0 and sent back on resume."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_linear_eval_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    saved = torch.load(tmp_path / "linear_eval.pt", weights_only=True)
+    assert saved["epoch"] == 4 and saved["settings"]["world_size"] == 2 and len(saved["rng"]) == 2
+    assert not torch.equal(saved["rng"][0], saved["rng"][1])  # each rank its own augmentations
+    assert not (tmp_path / "elsewhere.pt").exists()
+    for r in ranks:
+        assert r["epochs"] == [3, 4]
+        assert r["resumed"] == r["whole"] == ranks[0]["whole"] and r["whole"]["world_size"] == 2

@@ -88,7 +88,8 @@ def _teacher_pairs(method: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
     return [(method.teacher["backbone"], method.backbone), (method.teacher["head"], method.head)]
 
 
-def _train(method: nn.Module, steps: int, lr: float = 0.05, check_ema: bool = False, total: int | None = None):
+def _train(method: nn.Module, steps: int, lr: float = 0.05, check_ema: bool = False, total: int | None = None,
+           metrics: bool = True):
     """SGD steps; returns the StepOutputs. With ``check_ema``, verifies every EMA update by hand."""
     opt = torch.optim.SGD(_trainable(method), lr=lr, momentum=0.9)
     total = total or steps
@@ -98,7 +99,8 @@ def _train(method: nn.Module, steps: int, lr: float = 0.05, check_ema: bool = Fa
         method.start_epoch(step * N // (2 * N))  # the bank of 2N samples is one "epoch" of 2 steps
         idx = (torch.arange(N) + N * step) % (2 * N)
         n_local = 2 if _base(type(method).__name__.lower()) in MULTICROP else 0
-        out = method.training_step(_views(images, seed=step, n_local=n_local), step / total, indices=idx)
+        views = _views(images, seed=step, n_local=n_local)
+        out = method(views, step / total, idx, metrics=metrics)
         opt.zero_grad()
         out.loss.backward()
         opt.step()
@@ -167,6 +169,29 @@ def test_each_method_trains_and_reports_er_terms(name):
     assert 1.0 <= last["effective_rank"] <= d + 1e-6
     if "discrete_entropy" in last:
         assert 0.0 <= last["discrete_entropy"] <= math.log(64) + 1e-6
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_steps_without_metrics_train_bit_for_bit_alike(name):
+    """``metrics=False`` (the trainer's steps that write no log line): no metrics, and the same losses,
+    parameters, buffers (EMA teacher, centre, queue, bank) as the steps with metrics, bit for bit."""
+    loud, quiet = _build(name), _build(name)
+    loud_outs, quiet_outs = _train(loud, 4, total=10), _train(quiet, 4, total=10, metrics=False)
+    for a, b in zip(loud_outs, quiet_outs):
+        assert b.metrics == {} and len(a.metrics) >= len(ALWAYS)
+        assert torch.equal(a.loss.detach(), b.loss.detach())
+    expected = loud.state_dict()
+    assert quiet.state_dict().keys() == expected.keys()
+    for key, value in quiet.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_metrics_flag_is_not_coerced(name):
+    method = _build(name)
+    views = _views(_images(N, seed=1), seed=0, n_local=2 if name in MULTICROP else 0)
+    with pytest.raises(TypeError, match="^metrics must be True or False, got 'no'"):
+        method(views, 0.0, torch.arange(N), metrics="no")
 
 
 def _effective_rank_by_svd(z: torch.Tensor) -> torch.Tensor:

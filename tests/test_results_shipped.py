@@ -102,7 +102,13 @@ def test_every_shipped_run_has_the_configuration_the_script_gives_now(name: str)
         cfg = dataclasses.asdict(from_dict(RunConfig, {**values, "out": "unused"}))
         want = json.loads(json.dumps({k: v for k, v in cfg.items() if k not in ("out", "progress")}))
         want["resolved"] = json.loads(json.dumps(resolved_hyper(run.method, values["hyper"])))
-        assert stored["config"] == want, f"{name}.json run {run.name}: stored config differs; rerun it"
+        # a key added after the run (model.sync_bn) is absent from its stored config: read as its default,
+        # which must be the behaviour from before the key; a key the config no longer has is refused
+        got = {k: v for k, v in stored["config"].items() if k != "resolved"}
+        got = dataclasses.asdict(from_dict(RunConfig, {**got, "out": "unused"}))
+        got = json.loads(json.dumps({k: v for k, v in got.items() if k not in ("out", "progress")}))
+        got["resolved"] = stored["config"].get("resolved")
+        assert got == want, f"{name}.json run {run.name}: stored config differs; rerun it"
 
 
 def test_no_unexpected_ssl_files():

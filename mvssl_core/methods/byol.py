@@ -100,9 +100,11 @@ class BYOL(nn.Module):
         self.distributed = checks.boolean(distributed, "distributed")
 
     def forward(
-        self, views: list[torch.Tensor], progress: float = 0.0, indices: torch.Tensor | None = None
+        self, views: list[torch.Tensor], progress: float = 0.0, indices: torch.Tensor | None = None,
+        metrics: bool = True,
     ) -> StepOutput:
         views = check_views(views, 2)
+        metrics = checks.boolean(metrics, "metrics")
         progress = check_progress(progress)
         z = self.projector(forward_crops(self.backbone, views[:2]))
         p1, p2 = self.predictor(z).chunk(2)
@@ -124,6 +126,8 @@ class BYOL(nn.Module):
                 loss, extra = er_loss(h, rec, self.er_terms)
             else:
                 loss = byol_loss(p1, t2, self.distributed) + byol_loss(p2, t1, self.distributed)
+            if not metrics:
+                return StepOutput(loss, {})
             return report(loss, projection_metrics(z1, z2, self.monitor_kappa, self.distributed), extra)
 
     def training_step(

@@ -58,8 +58,9 @@ class DeepCluster(nn.Module):
     no target until the bank is full and the loss is 0 (zero gradient).
 
     The bank is replicated on every process (each step all-gathers the projections and indices),
-    so k-means and assignments are the same as in one process: memory ``n_global * dataset_size *
-    dim`` floats per process (1.3 GB for ImageNet at dim 128).
+    so every process holds the bank of one process; rank 0 runs the k-means and broadcasts its centroids
+    and assignments (:meth:`recluster_`). Memory: ``n_global * dataset_size * dim`` floats per process
+    (1.3 GB for ImageNet at dim 128).
 
     ER variant (``er=True``, [1]): the loss is minus the discrete ER bound on the soft assignments
     ``softmax(scores / tau)`` over the crop pairs (global target crop, other crop), for each
@@ -149,14 +150,30 @@ class DeepCluster(nn.Module):
 
     @torch.no_grad()
     def recluster_(self, epoch: int) -> None:
-        """k-means on the memory bank: prototypes <- centroids, assignments <- clusters."""
+        """k-means on the memory bank: prototypes <- centroids, assignments <- clusters.
+
+        Distributed (``distributed=True`` in a process group), only rank 0 runs the k-means and broadcasts
+        its centroids and assignments (:func:`mvssl_core.dist.broadcast_`): the k-means sums with
+        ``index_add_``, which is nondeterministic on CUDA, so replicas clustering on their own would hold
+        different prototypes (frozen ones get no gradient for DDP to average) and targets. The other
+        ranks wait in the broadcast meanwhile (the process group's timeout bounds that wait). With one
+        process the result is that of :func:`~mvssl_core.losses.spherical_kmeans` on the bank.
+        """
+        clusters_here = not self.distributed or dist.rank() == 0
         for h, head in enumerate(self.prototypes.heads):
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * len(self.prototypes.heads) + h)
-            centroids, assignment = spherical_kmeans(
-                self.memory[h % self.n_global], head.weight.shape[0], self.kmeans_iters, generator=generator
-            )
-            head.weight.copy_(centroids.to(head.weight.dtype))
-            self.assignments[h] = assignment
+            if clusters_here:
+                generator = torch.Generator().manual_seed(
+                    self.seed * 1_000_003 + epoch * len(self.prototypes.heads) + h
+                )
+                centroids, assignment = spherical_kmeans(
+                    self.memory[h % self.n_global], head.weight.shape[0], self.kmeans_iters, generator=generator
+                )
+                head.weight.copy_(centroids.to(head.weight.dtype))
+                self.assignments[h] = assignment
+            if self.distributed:
+                dist.broadcast_(head.weight.detach(), src=0)
+        if self.distributed:
+            dist.broadcast_(self.assignments, src=0)
 
     def start_epoch(self, epoch: int) -> None:
         """Re-cluster the memory bank (DeepCluster-v2 does it at the start of every epoch), once it is full."""
@@ -184,7 +201,8 @@ class DeepCluster(nn.Module):
         )
 
     def forward(
-        self, views: list[torch.Tensor], progress: float = 0.0, indices: torch.Tensor | None = None
+        self, views: list[torch.Tensor], progress: float = 0.0, indices: torch.Tensor | None = None,
+        metrics: bool = True,
     ) -> StepOutput:
         """The step's loss and metrics; ``indices`` (N,) are the samples' rows in the bank.
 
@@ -193,6 +211,7 @@ class DeepCluster(nn.Module):
         of range meets torch's own index check when the bank is written.
         """
         views = check_views(views, max(2, self.n_global))
+        metrics = checks.boolean(metrics, "metrics")
         progress = check_progress(progress)
         indices = self._indices(indices, views[0].shape[0], values=False)
         n_crops, g = len(views), self.n_global
@@ -232,6 +251,8 @@ class DeepCluster(nn.Module):
                     loss = 0.0 * sum(s.float().sum() for s in scores)
             zs = z.chunk(n_crops)
             self._remember_(zs[:g], indices)
+            if not metrics:
+                return StepOutput(loss, {})
             first = scores[0].chunk(n_crops)
             discrete = assignment_metrics(
                 first[1], first[0], self.temperature, self.target_temperature, self.distributed
@@ -251,11 +272,11 @@ class DeepCluster(nn.Module):
     def _remember_(self, projections: tuple[torch.Tensor, ...], indices: torch.Tensor) -> None:
         """Write this step's global-crop projections into the bank rows of their samples."""
         idx = indices.to(self.memory.device)
-        if self.distributed:
-            idx = dist.gather(idx)
-        for j, zj in enumerate(projections):
-            rows = dist.gather(zj.detach()) if self.distributed else zj.detach()
-            self.memory[j, idx] = rows.to(self.memory.dtype)
+        rows = torch.stack([zj.detach() for zj in projections], dim=1)  # (N, global crops, dim)
+        if self.distributed:  # one gather for all global crops
+            idx, rows = dist.gather(idx), dist.gather(rows)
+        for j in range(len(projections)):
+            self.memory[j, idx] = rows[:, j].to(self.memory.dtype)
         self.seen[idx] = True
 
     def training_step(

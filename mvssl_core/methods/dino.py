@@ -117,9 +117,11 @@ class DINO(nn.Module):
         self.distributed = checks.boolean(distributed, "distributed")
 
     def forward(
-        self, views: list[torch.Tensor], progress: float = 0.0, indices: torch.Tensor | None = None
+        self, views: list[torch.Tensor], progress: float = 0.0, indices: torch.Tensor | None = None,
+        metrics: bool = True,
     ) -> StepOutput:
         views = check_views(views, max(2, self.n_global))
+        metrics = checks.boolean(metrics, "metrics")
         progress = check_progress(progress)
         n_crops, g = len(views), self.n_global
         z, logits = self.head(forward_crops(self.backbone, views), freeze_last_layer=progress < self.freeze_last_layer)
@@ -146,6 +148,8 @@ class DINO(nn.Module):
                 loss = dino_loss(student, teacher, center, tau_s, tau_t, self.distributed)
             if self.centering and torch.is_grad_enabled():
                 self.center.update_(teacher, self.distributed)
+            if not metrics:
+                return StepOutput(loss, {})
             z1, z2 = z.chunk(n_crops)[:2]
             discrete = assignment_metrics(student[1], teacher[0] - center, tau_s, tau_t, self.distributed)
             return report(loss, projection_metrics(z1, z2, self.monitor_kappa, self.distributed), discrete, extra)

@@ -81,9 +81,11 @@ class SimCLR(nn.Module):
         self.distributed = checks.boolean(distributed, "distributed")
 
     def forward(
-        self, views: list[torch.Tensor], progress: float = 0.0, indices: torch.Tensor | None = None
+        self, views: list[torch.Tensor], progress: float = 0.0, indices: torch.Tensor | None = None,
+        metrics: bool = True,
     ) -> StepOutput:
         views = check_views(views, 2)
+        metrics = checks.boolean(metrics, "metrics")
         progress = check_progress(progress)
         z1, z2 = self.projector(forward_crops(self.backbone, views[:2])).chunk(2)
         extra = {}
@@ -95,6 +97,8 @@ class SimCLR(nn.Module):
                 loss, extra = er_loss(h, rec, self.er_terms)
             else:
                 loss = nt_xent(z1, z2, temperature=self.temperature, distributed=self.distributed)
+            if not metrics:
+                return StepOutput(loss, {})
             return report(loss, projection_metrics(z1, z2, self.monitor_kappa, self.distributed), extra)
 
     def training_step(

@@ -46,6 +46,10 @@ class StepOutput(NamedTuple):
     normalised singular values [1]). Methods with assignments add "discrete_entropy" and
     "discrete_reconstruction"; ER variants add "loss_entropy" and "loss_reconstruction", the two
     terms of the bound they maximise.
+
+    Every method's forward takes ``metrics=True``; with ``metrics=False`` (the trainer's steps that write
+    no log line) ``metrics`` is empty: no metric is computed, gathered or copied to the host, and the
+    loss and its gradient are the same, bit for bit.
     """
 
     loss: torch.Tensor
@@ -151,11 +155,17 @@ def projection_metrics(
     "entropy" is the vMF KDE (Joe's estimator, self term included, ``kappa``) of the normalised
     ``z2``; "reconstruction" the mean vMF log-likelihood log q(z2 | z1) with the same kappa
     (:func:`mvssl_core.bounds.er_bound`). "collapse_std" and "effective_rank" are of ``z1``.
+
+    With ``distributed``, the rows of both views are gathered at once (an all-gather of the sizes and
+    one of the rows; no other collective) and every rank computes the terms of the whole batch (the
+    KDE's N x N scores of the global batch: the trainer asks for metrics only on the logged steps).
     """
     with torch.autocast(z1.device.type, enabled=False):
         a, b = z1.detach().float(), z2.detach().float()
-        er = bounds.er_bound(a, b, kappa=kappa, distributed=distributed)
-        z = F.normalize(dist.gather(a) if distributed else a, dim=1)
+        if distributed:  # one gather of both views (and one of the sizes), then the global batch on every rank
+            a, b = dist.gather(torch.cat([a, b], dim=1)).split([a.shape[1], b.shape[1]], dim=1)
+        er = bounds.er_bound(a, b, kappa=kappa)
+        z = F.normalize(a, dim=1)
         return {
             "entropy": er.entropy,
             "reconstruction": er.reconstruction,
@@ -197,16 +207,35 @@ def assignment_metrics(
 ) -> dict[str, torch.Tensor]:
     """Discrete ER terms of soft assignments (detached): entropy of the batch-mean target assignment
     ``softmax(target_logits / target_temperature)`` and the mean ``sum_c w_target log w_pred``
-    (:func:`mvssl_core.bounds.er_bound_discrete`, one direction)."""
-    er = bounds.er_bound_discrete(
-        prediction_logits.detach(),
-        target_logits.detach(),
-        temperature=temperature,
-        target_temperature=target_temperature,
-        symmetric=False,
-        distributed=distributed,
-    )
-    return {"discrete_entropy": er.entropy, "discrete_reconstruction": er.reconstruction}
+    (:func:`mvssl_core.bounds.er_bound_discrete`, one direction).
+
+    With ``distributed``, both terms come from one all-reduce of this rank's sums (the K target
+    assignments, the reconstruction and the row count), with no host sync.
+    """
+    if not distributed:
+        er = bounds.er_bound_discrete(
+            prediction_logits.detach(),
+            target_logits.detach(),
+            temperature=temperature,
+            target_temperature=target_temperature,
+            symmetric=False,
+        )
+        return {"discrete_entropy": er.entropy, "discrete_reconstruction": er.reconstruction}
+    # er_bound_discrete's terms, from sums over the global batch (its input checks run on this rank's rows)
+    pred = checks.embeddings(prediction_logits.detach(), "logits1", min_samples=2)
+    target = checks.embeddings(target_logits.detach(), "logits2", min_samples=2)
+    checks.same_shape(pred, target, "logits1", "logits2")
+    tau = checks.positive(temperature, "temperature")
+    tau_t = tau if target_temperature is None else checks.positive(target_temperature, "target_temperature")
+    with torch.autocast(pred.device.type, enabled=False):
+        dtype = torch.promote_types(torch.promote_types(pred.dtype, target.dtype), torch.float32)
+        w = torch.softmax(target.to(dtype) / tau_t, dim=1)
+        per_i = (w * torch.log_softmax(pred.to(dtype) / tau, dim=1)).sum(dim=1)
+        count = torch.full((1,), per_i.shape[0], dtype=dtype, device=per_i.device)
+        sums = dist.all_reduce_sum(torch.cat([w.sum(dim=0), per_i.sum()[None], count]))
+        pbar, n = sums[:-2] / sums[-1], sums[-1]
+        safe = torch.where(pbar > 0, pbar, torch.ones_like(pbar))
+        return {"discrete_entropy": -(pbar * safe.log()).sum(), "discrete_reconstruction": sums[-2] / n}
 
 
 ER_TERMS = ("both", "entropy", "reconstruction")

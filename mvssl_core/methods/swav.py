@@ -113,9 +113,11 @@ class SwAV(nn.Module):
         self.distributed = checks.boolean(distributed, "distributed")
 
     def forward(
-        self, views: list[torch.Tensor], progress: float = 0.0, indices: torch.Tensor | None = None
+        self, views: list[torch.Tensor], progress: float = 0.0, indices: torch.Tensor | None = None,
+        metrics: bool = True,
     ) -> StepOutput:
         views = check_views(views, max(2, self.n_global))
+        metrics = checks.boolean(metrics, "metrics")
         progress = check_progress(progress)
         n_crops, g = len(views), self.n_global
         self.prototypes.normalize_()
@@ -147,6 +149,8 @@ class SwAV(nn.Module):
                     if use_queue:
                         self.queue.push_(list(zs[:g]))
                 loss = swav_loss(crops, codes, self.temperature, self.distributed)
+            if not metrics:
+                return StepOutput(loss, {})
             discrete = assignment_metrics(
                 crops[1], crops[0], self.temperature, self.target_temperature, self.distributed
             )
