@@ -27,6 +27,9 @@ checkpoint or any data is read); a run that diverges ends with a one-line messag
 A run stopped by SIGTERM or SIGUSR1 finishes its step, writes its checkpoint, prints one line and exits 0
 (:mod:`mvssl_core.preempt`); ``--resume`` continues it.
 Under torchrun, ``MVSSL_DIST_TIMEOUT_S`` (default 600) bounds how long a rank waits for the others.
+Log records go to stderr (``mvssl_core``'s from level INFO, WARNING with linear-eval's ``--quiet``; other
+libraries' from WARNING), each line with its time and rank: a run's progress is a line at each tenth of it
+on rank 0 (the interactive bar replaces them on a terminal).
 """
 
 from __future__ import annotations
@@ -113,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="the run's folder")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--num-workers", type=_int_in(0))
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no interactive progress bar (rank 0 still logs a line at each tenth of the run)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.add_argument("--stop-after", type=_int_in(1), metavar="STEPS",
                    help="stop once STEPS steps are done, as a pre-emption would (without the final checkpoint "
@@ -375,11 +379,30 @@ def _linear_eval_results_file(cfg: RunConfig, stored: str | None, overrides: lis
     return str(target)
 
 
+LOG_FORMAT = "%(asctime)s rank {rank} %(levelname)s %(name)s: %(message)s"
+
+
+def _configure_logging(quiet: bool = False) -> None:
+    """Log records to stderr, each line with its time and the process's rank (``RANK`` of torchrun, else 0):
+    ``mvssl_core``'s from level INFO (WARNING with ``--quiet``): the progress lines of a run under sbatch;
+    other libraries' from WARNING (not, say, DDP's INFO notes on every rank). A program that configured
+    logging itself (handlers on the root logger) keeps its configuration."""
+    import logging
+    import os
+
+    if logging.getLogger().handlers:
+        return
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format=LOG_FORMAT.format(rank=os.environ.get("RANK", "0")))
+    logging.getLogger("mvssl_core").setLevel(logging.WARNING if quiet else logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    _configure_logging(quiet=getattr(args, "quiet", False))
 
     from mvssl_core.preempt import EXIT_STOPPED, Stopped
     from mvssl_core.results import ResultsError

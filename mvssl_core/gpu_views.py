@@ -33,6 +33,15 @@ that need no decoding: batched views are then also the fast pipeline on CPU, whe
 Python overhead dominates small images), and each micro-batch is decoded and augmented on the device from
 ``batch_generator(device, seed, step, micro, rank)``: a resumed run sees the same views as an uninterrupted one,
 but another world size sees other views (the CPU pipeline's per-item seeds do not depend on it).
+
+Decoder: torchvision 0.29 deprecates ``torchvision.io``'s image decoders in favour of TorchCodec's, warning on
+every call in every rank. We keep torchvision's for now and silence that one warning (message, category and
+module; every other warning still shows): ``decode_jpeg(list, device="cuda")`` decodes a whole batch with
+nvJPEG in one call, which this pipeline is built on, and works with every torchvision the project accepts
+(>= 0.19); TorchCodec is a separate package, not among the project's dependencies nor installed in its
+environment, so a switch could be neither tested here nor measured against nvJPEG's batch rate. Switch once
+TorchCodec's image decoders are a dependency and ``scripts/bench_gpu.py`` shows them at least as fast, and in
+any case before a torchvision release that removes these functions.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -56,6 +66,11 @@ from mvssl_core.data import ImageFolder
 from mvssl_core.views import MultiView, item_seed
 
 log = logging.getLogger(__name__)
+
+# torchvision >= 0.29 warns on every decode (module docstring, "Decoder"): that warning only, nothing else
+TORCHVISION_DEPRECATION = "The image decoding and encoding capabilities of TorchVision are deprecated"
+warnings.filterwarnings("ignore", message=TORCHVISION_DEPRECATION, category=DeprecationWarning,
+                        module=r"torchvision\.io\.image")
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale (ITU-R 601-2 luma)
 

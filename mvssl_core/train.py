@@ -647,16 +647,22 @@ def _rewrite_log(path: Path, rows: list[dict]) -> None:
 
 
 class _Progress:
-    """tqdm when installed, else a line every 10% on stderr."""
+    """Progress of the run on the main rank: the interactive tqdm bar (``bar``, when tqdm is installed and
+    stderr is a terminal) or, in its place (``progress: false``, ``--no-progress``, stderr a file as under
+    sbatch, tqdm missing), one INFO line of :data:`log` at each tenth of the run
+    (``step n/total (p%) loss=... lr=... samples/s=...``: at most 10 lines, ``min(10, total)`` for a run from
+    step 0, the last one at step ``total``). ``samples/s`` is the global batch's samples per second of wall
+    time since the previous line. ``enabled`` false (ranks other than 0): nothing at all."""
 
-    def __init__(self, total: int, initial: int, enabled: bool, desc: str) -> None:
+    def __init__(self, total: int, initial: int, enabled: bool, desc: str, bar: bool = True,
+                 samples_per_step: int = 0) -> None:
         self.enabled, self.total, self.n, self.bar = enabled, total, initial, None
-        if not enabled:
+        self.samples_per_step, self.since_n, self.since_t = samples_per_step, initial, time.perf_counter()
+        if not enabled or not bar or not sys.stderr.isatty():  # a log file (sbatch) gets the lines
             return
         try:
             from tqdm.auto import tqdm
         except ImportError:
-            self.every = max(1, total // 10)
             return
         self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, file=sys.stderr)
 
@@ -664,12 +670,18 @@ class _Progress:
         self.n += 1
         if not self.enabled:
             return
-        shown = {k: f"{metrics[k]:.3g}" for k in ("loss", "entropy", "probe_acc") if metrics.get(k) is not None}
         if self.bar is not None:
+            shown = {k: f"{metrics[k]:.3g}" for k in ("loss", "entropy", "probe_acc") if metrics.get(k) is not None}
             self.bar.set_postfix(shown, refresh=False)
             self.bar.update(1)
-        elif self.n % self.every == 0 or self.n == self.total:
-            print(f"step {self.n}/{self.total} " + " ".join(f"{k}={v}" for k, v in shown.items()), file=sys.stderr)
+        elif 10 * self.n // self.total > 10 * (self.n - 1) // self.total:  # crossed a tenth of the run
+            now = time.perf_counter()
+            rate = self.samples_per_step * (self.n - self.since_n) / max(now - self.since_t, 1e-9)
+            self.since_n, self.since_t = self.n, now
+            shown = " ".join(f"{k}={metrics[k]:.4g}" for k in ("loss", "entropy", "probe_acc", "lr")
+                             if metrics.get(k) is not None)
+            log.info("step %d/%d (%d%%) %s samples/s=%.1f", self.n, self.total, 100 * self.n // self.total, shown,
+                     rate)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -905,7 +917,8 @@ def _train(cfg: RunConfig, rt: Runtime, *, resume: bool, stop_after: int | None,
                 views, _, indices = _on_device(batch, i, 0)
                 method.fill_memory_(views, indices)
         captured.clear()
-    progress_bar = _Progress(total, step, cfg.progress and main, desc=f"{cfg.method} {cfg.data.name}")
+    progress_bar = _Progress(total, step, main, desc=f"{cfg.method} {cfg.data.name}", bar=cfg.progress,
+                             samples_per_step=cfg.batch_size)
     log_file = open(log_path, "a", encoding="utf-8") if main else None
     try:
         while step < total:

@@ -1,20 +1,27 @@
-"""Images per second per GPU of every method on ResNet-50, against the backbone-only limit, and the data
+"""Samples per second per GPU of every method on ResNet-50, against the backbone(+teacher) limit, and the data
 pipeline's rate from JPEG files (decoding + augmentation on the GPU vs the CPU pipeline in DataLoader workers).
 
     python scripts/bench_gpu.py                                # 10 methods, ResNet-50, 224 px, 256 / GPU, bf16
     python scripts/bench_gpu.py --data /imagenet/train --workers 8 --batch 512
     python scripts/bench_gpu.py --cpu --quick                  # smoke run on CPU (ResNet-18, 32 px, batch 4)
 
-A step is what the trainer does: forward of every view (the paper's multi-crop: DINO 2 x 224 + 8 x 96,
+A sample is one image with all its views (2, or 2 + 6 / 2 + 8 with multi-crop): the rates are samples/s, not
+views/s. A step is what the trainer does: forward of every view (the paper's multi-crop: DINO 2 x 224 + 8 x 96,
 SwAV / DeepCluster-v2 2 x 224 + 6 x 96), loss, backward, LARS step, the after-step update (EMA teacher),
 under bf16 autocast with channels-last tensors, on synthetic views already on the device.
-  - backbone limit: the same views through the backbone alone (forward, a trivial loss, backward, LARS step);
+  - backbone(+teacher) limit: the same views through the backbone alone (forward, a trivial loss, backward, LARS
+    step) and, for a method with an EMA teacher (BYOL, DINO), the teacher backbone's no-grad forward of the two
+    global views, which the method cannot avoid either (:func:`limit_teacher`, :func:`limit_loss`);
   - heads + loss share: the method's step with the backbone replaced by a stub (a 3 -> d linear map of the
     images' mean colour) over its full step: what the heads, EMA teacher heads, losses and ER estimators cost.
     Issue 5 targets <= 3% for loss and estimators, and >= 90% of the backbone-only rate for the full step;
   - pipeline: JPEG files (``--data``, an ImageFolder; else synthetic 500 x 375 JPEGs written to a temporary
     folder) to the method's views on the device: bytes read by DataLoader workers, decoded and augmented on
-    the GPU (``mvssl_core.gpu_views``), against PIL decoding + ``mvssl_core.views`` in the workers.
+    the GPU (``mvssl_core.gpu_views``), against PIL decoding + ``mvssl_core.views`` in the workers. One iterator
+    (no worker restart at an epoch's end) first yields :func:`pipeline_warmup_batches` untimed batches: those
+    were made while the workers started and the first batch initialised cuDNN / nvJPEG, so they come out at the
+    consumer's speed, not the workers' (timing 20 batches after a single warm-up one overstated the rate by
+    21-40 %, issue 13); then ``--pipeline-batches`` (default 100) are timed.
 One process, one GPU: the rates are per GPU (an 8-GPU node with one data pipeline per GPU scales each by 8,
 if the CPU cores feeding the workers suffice).
 """
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import platform
 import sys
 import tempfile
@@ -31,7 +39,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 from mvssl_core import gpu_views, views
 from mvssl_core.backbones import build_backbone
@@ -39,6 +47,8 @@ from mvssl_core.data import ImageFolder
 from mvssl_core.methods import METHODS, build_method
 from mvssl_core.optim import LARS, param_groups
 
+METHOD_HEADER = ("| method | samples/s | backbone(+teacher) limit samples/s | method / limit "
+                 "| heads + loss share of a step |")
 RECIPE = {"simclr": "simclr", "byol": "byol", "dino": "dino", "swav": "swav", "deepcluster": "deepcluster"}
 N_LOCAL = {"dino": 8, "swav": 6, "deepcluster": 6}
 
@@ -76,6 +86,30 @@ def make_method(name: str, backbone: nn.Module, dim: int, dataset_size: int) -> 
     return method
 
 
+def limit_teacher(method: nn.Module, backbone: nn.Module) -> tuple[nn.Module | None, int]:
+    """The teacher part of the limit: for a method with an EMA teacher (a ``teacher`` module: BYOL, DINO), a
+    frozen copy of ``backbone`` and the number of views it sees (the 2 global ones); else ``(None, 0)``."""
+    if not hasattr(method, "teacher"):
+        return None, 0
+    return copy.deepcopy(backbone).requires_grad_(False), 2
+
+
+def limit_loss(backbone: nn.Module, teacher: nn.Module | None, views_: list[torch.Tensor],
+               n_teacher: int) -> torch.Tensor:
+    """The limit's step before backward: every view through ``backbone`` (a trivial loss of its features) and,
+    with a teacher, its no-grad forward of the first ``n_teacher`` views."""
+    if teacher is not None:
+        with torch.no_grad():
+            for v in views_[:n_teacher]:
+                teacher(v)
+    return sum(backbone(v).float().square().mean() for v in views_)
+
+
+def pipeline_warmup_batches(workers: int, prefetch_factor: int = 2) -> int:
+    """Untimed batches before a pipeline's timing: all that the workers prefetch while starting, and one more."""
+    return workers * prefetch_factor + 1 if workers else 1
+
+
 def time_steps(step, device: torch.device, steps: int, warmup: int) -> float:
     """Mean seconds of ``step()`` over ``steps`` calls after ``warmup`` untimed ones."""
     for _ in range(warmup):
@@ -89,7 +123,8 @@ def time_steps(step, device: torch.device, steps: int, warmup: int) -> float:
 
 
 def bench_method(name: str, args, device: torch.device, autocast) -> dict[str, float]:
-    """Step time of the method, of its backbone alone on the same views, and of the method on a stub."""
+    """Step time of the method, of its backbone (+ teacher forward) alone on the same views, and of the method
+    on a stub."""
     torch.manual_seed(0)
     gen = torch.Generator(device).manual_seed(1)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -113,9 +148,13 @@ def bench_method(name: str, args, device: torch.device, autocast) -> dict[str, f
 
     backbone, dim = build_backbone(args.backbone, small_images=args.size < 64)
     dataset_size = max(4096, 4 * args.batch)
-    full = time_steps(runner(make_method(name, backbone, dim, dataset_size),
-                             lambda m: m(views_, 0.5, indices).loss), device, args.steps, args.warmup)
-    backbone_only = time_steps(runner(backbone, lambda b: sum(b(v).float().square().mean() for v in views_)),
+    method = make_method(name, backbone, dim, dataset_size)
+    teacher, n_teacher = limit_teacher(method, backbone)
+    full = time_steps(runner(method, lambda m: m(views_, 0.5, indices).loss), device, args.steps, args.warmup)
+    del method
+    if teacher is not None:
+        teacher = teacher.to(device).to(memory_format=fmt).train()
+    backbone_only = time_steps(runner(backbone, lambda b: limit_loss(b, teacher, views_, n_teacher)),
                                device, args.steps, args.warmup)
     stub = time_steps(runner(make_method(name, FeatureStub(dim), dim, dataset_size),
                              lambda m: m(views_, 0.5, indices).loss), device, args.steps, args.warmup)
@@ -138,25 +177,25 @@ def write_jpegs(root: Path, n: int, height: int, width: int) -> Path:
 
 
 def bench_pipelines(root: Path, recipe: str, args, device: torch.device) -> dict[str, float]:
-    """Images per second from files to the recipe's views on ``device``: GPU pipeline and CPU pipeline."""
+    """Samples (images) per second from files to the recipe's views on ``device``: GPU pipeline and CPU
+    pipeline, timed over ``args.pipeline_batches`` batches after :func:`pipeline_warmup_batches` untimed ones."""
     cpu_views = views.build_views(recipe, args.size)
     gpu = gpu_views.GpuMultiView.from_cpu(cpu_views)
     gen = torch.Generator(device).manual_seed(0)
-    kw = dict(batch_size=args.batch, shuffle=True, drop_last=True, num_workers=args.workers,
-              pin_memory=device.type == "cuda", persistent_workers=False)
+    warm = pipeline_warmup_batches(args.workers)
+    kw = dict(batch_size=args.batch, drop_last=True, num_workers=args.workers, pin_memory=device.type == "cuda")
     out = {}
 
-    def run(loader, to_views) -> float:
-        n, it = 0, iter(loader)
-        to_views(next(it))  # warm-up: workers started, cuDNN / nvJPEG initialised
+    def run(dataset, to_views, **more) -> float:
+        # one iterator over enough samples for every batch: no epoch end, no worker restart in the timing
+        sampler = RandomSampler(dataset, replacement=True, num_samples=args.batch * (warm + args.pipeline_batches))
+        it = iter(DataLoader(dataset, sampler=sampler, **kw, **more))
+        for _ in range(warm):  # workers started, their prefetched batches drained, cuDNN / nvJPEG initialised
+            to_views(next(it))
         sync(device)
-        start = time.perf_counter()
+        n, start = 0, time.perf_counter()
         for _ in range(args.pipeline_batches):
-            try:
-                batch = next(it)
-            except StopIteration:
-                it = iter(loader)
-                batch = next(it)
+            batch = next(it)
             n += len(batch[1])
             to_views(batch)
         sync(device)
@@ -166,11 +205,9 @@ def bench_pipelines(root: Path, recipe: str, args, device: torch.device) -> dict
         data, _, _ = batch
         return gpu(gpu_views.decode_batch(data, device), generator=gen)
 
-    out["gpu_pipeline_ips"] = run(DataLoader(gpu_views.JpegBytes(root), collate_fn=gpu_views.collate_bytes, **kw),
-                                  gpu_step)
+    out["gpu_pipeline_sps"] = run(gpu_views.JpegBytes(root), gpu_step, collate_fn=gpu_views.collate_bytes)
     cpu_set = ImageFolder(root, transform=cpu_views)
-    out["cpu_pipeline_ips"] = run(DataLoader(cpu_set, **kw),
-                                  lambda batch: [v.to(device, non_blocking=True) for v in batch[0]])
+    out["cpu_pipeline_sps"] = run(cpu_set, lambda batch: [v.to(device, non_blocking=True) for v in batch[0]])
     return out
 
 
@@ -186,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, help="untimed steps first (default 3; 0 with --quick)")
     parser.add_argument("--data", type=Path, help="an ImageFolder of JPEGs for the pipeline (default: synthetic)")
     parser.add_argument("--workers", type=int, help="DataLoader workers of each pipeline (default 8; 0 with --quick)")
-    parser.add_argument("--pipeline-batches", type=int, help="timed batches per pipeline (default 20; 1 with --quick)")
+    parser.add_argument("--pipeline-batches", type=int,
+                        help="timed batches per pipeline, after the warm-up (default 100; 1 with --quick)")
     parser.add_argument("--no-pipeline", action="store_true", help="skip the data-pipeline measurement")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
@@ -205,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     args.steps = args.steps or (1 if q else 10)
     args.warmup = args.warmup if args.warmup is not None else (0 if q else 3)
     args.workers = args.workers if args.workers is not None else (0 if q else 8)
-    args.pipeline_batches = args.pipeline_batches or (1 if q else 20)
+    args.pipeline_batches = args.pipeline_batches or (1 if q else 100)
     device = torch.device("cpu" if args.cpu else "cuda")
     bf16 = not args.fp32 and device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
@@ -218,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{', channels-last' if args.channels_last else ''}, on {what}; torch {torch.__version__}; "
           f"{args.warmup} warm-up + {args.steps} timed step(s)")
     print()
-    print("| method | img/s | backbone-only img/s | method / backbone | heads + loss share of a step |")
+    print(METHOD_HEADER)
     print("|---|---:|---:|---:|---:|")
     step_rate = {}
     for name in args.methods:
@@ -238,16 +276,18 @@ def main(argv: list[str] | None = None) -> int:
             h, w = (48, 64) if q else (375, 500)
             root = write_jpegs(Path(tmp), n, h, w)
             source = f"{n} synthetic {w}x{h} JPEGs"
-        print(f"pipeline: {source}, {args.workers} DataLoader workers, batch {args.batch}")
+        print(f"pipeline: {source}, {args.workers} DataLoader workers, batch {args.batch}, "
+              f"{pipeline_warmup_batches(args.workers)} warm-up + {args.pipeline_batches} timed batches")
         print()
-        print("| recipe | GPU decode + augment img/s | CPU pipeline img/s | GPU / CPU | GPU pipeline / slowest step |")
+        print("| recipe | GPU decode + augment samples/s | CPU pipeline samples/s | GPU / CPU "
+              "| GPU pipeline / slowest step |")
         print("|---|---:|---:|---:|---:|")
         for recipe in dict.fromkeys(RECIPE[m.removesuffix("_er")] for m in args.methods):
             r = bench_pipelines(root, recipe, args, device)
             slowest = min(v for m, v in step_rate.items() if RECIPE[m.removesuffix("_er")] == recipe)
-            print(f"| {recipe} | {r['gpu_pipeline_ips']:.0f} | {r['cpu_pipeline_ips']:.0f} "
-                  f"| {r['gpu_pipeline_ips'] / r['cpu_pipeline_ips']:.2f} "
-                  f"| {r['gpu_pipeline_ips'] / slowest:.2f} |", flush=True)
+            print(f"| {recipe} | {r['gpu_pipeline_sps']:.0f} | {r['cpu_pipeline_sps']:.0f} "
+                  f"| {r['gpu_pipeline_sps'] / r['cpu_pipeline_sps']:.2f} "
+                  f"| {r['gpu_pipeline_sps'] / slowest:.2f} |", flush=True)
     print()
     print("A pipeline / step ratio above 1 means the data keeps up with training, measured alone; the GPU pipeline "
           "shares the GPU with the step, so its cost adds to the step's (run it on a side stream to overlap).")

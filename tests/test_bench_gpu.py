@@ -1,13 +1,17 @@
-"""scripts/bench_gpu.py: its CPU smoke mode runs every part, and it refuses to measure without a GPU.
+"""scripts/bench_gpu.py: its CPU smoke mode runs every part, and it refuses to measure without a GPU; its
+limit includes the EMA teacher's forward, its rates are named samples/s, its pipeline timing starts after the
+workers' prefetched batches.
 
 The script runs as a command, as a user runs it (it imports the installed ``mvssl_core``)."""
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 BENCH_GPU = Path(__file__).resolve().parents[1] / "scripts" / "bench_gpu.py"
 
@@ -23,6 +27,9 @@ def test_cpu_quick_smoke_run():
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     assert out.startswith("resnet18, batch 4 per device, 32 px, fp32")
+    lines = out.splitlines()
+    assert "| method | samples/s | backbone(+teacher) limit samples/s | method / limit |" in out
+    assert "img/s" not in out and "1 warm-up + 1 timed batches" in out
     for m in methods:
         row = next(line for line in out.splitlines() if line.startswith(f"| {m} |"))
         assert row.count("|") == 6 and row.rstrip().endswith("% |")
@@ -41,3 +48,51 @@ def test_refuses_without_cuda():
 def test_cpu_needs_quick():
     done = bench("--cpu")
     assert done.returncode == 2 and "pass --cpu --quick" in done.stderr
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_gpu", BENCH_GPU)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Counting(nn.Module):
+    """``(N, 3, H, W) -> (N, 2)``; counts its forward calls and whether each one recorded gradients."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 2)
+        self.calls: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append(torch.is_grad_enabled())
+        return self.lin(x.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("name, teacher_views", [("simclr", 0), ("swav", 0), ("deepcluster", 0), ("byol", 2),
+                                                  ("byol_er", 2), ("dino", 2), ("dino_er", 2)])
+def test_the_limit_includes_the_teachers_forward(name, teacher_views):
+    bench = load_bench()
+    student = Counting()
+    method = bench.make_method(name, student, 2, 4096)
+    teacher, n = bench.limit_teacher(method, student)
+    assert n == teacher_views and (teacher is None) == (teacher_views == 0)
+    if teacher is not None:
+        assert teacher is not student and not any(p.requires_grad for p in teacher.parameters())
+        teacher.calls.clear()
+    views_ = [torch.randn(4, 3, s, s) for s in bench.view_sizes(name, 16)]
+    student.calls.clear()
+    loss = bench.limit_loss(student, teacher, views_, n)
+    loss.backward()
+    assert student.calls == [True] * len(views_)  # every view, with gradients
+    if teacher is not None:
+        assert teacher.calls == [False] * 2  # the two global views, without
+    assert student.lin.weight.grad is not None
+
+
+def test_pipeline_warmup_drains_the_prefetched_batches():
+    bench = load_bench()
+    assert bench.pipeline_warmup_batches(8) == 17 and bench.pipeline_warmup_batches(8, 4) == 33
+    assert bench.pipeline_warmup_batches(0) == 1
+    assert "img/s" not in bench.METHOD_HEADER and bench.METHOD_HEADER.count("samples/s") == 2
