@@ -69,6 +69,8 @@ shape and keeps the fastest, so the convolutions of a GPU run are not bitwise re
 Precision: bf16 autocast and channels-last memory format on GPU only (``precision``,
 ``channels_last``). On CPU DataLoader workers run with one thread each (torchvision's v2 colour
 jitter is slow with many threads); ``num_workers >= 1`` keeps augmentation off the training thread.
+The DataLoader is built once per run, its workers persistent (no start-up stall at each epoch); the
+sampler's batches are ``(epoch, index)`` keys, so a worker draws each epoch's views from the right seed.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ import hashlib
 import json
 import logging
 import math
+import multiprocessing
 import os
 import random
 import sys
@@ -130,6 +133,9 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "mvssl-checkpoint/2"  # /2: a sha256 of the content ("sha256"), checked on load
 _UNHASHED_FORMAT = "mvssl-checkpoint/1"  # written before content hashes: loaded with a warning
 CHECKPOINT_NAME = "checkpoint.pt"
+LOADER_TIMEOUT_S = 600
+"""Seconds the trainer's DataLoader waits for a worker's batch (with workers): a worker that dies or drops a
+batch ends the run with torch's "DataLoader timed out" instead of a wait without end."""
 METRICS_NAME = "metrics.jsonl"
 RESULTS_NAME = "results.json"
 CONFIG_NAME = "config.yaml"
@@ -166,7 +172,10 @@ class GlobalBatchSampler:
     split into ``accumulate`` consecutive micro-batches, each split into ``world_size`` consecutive
     slices; rank r gets slice r. The incomplete last batch is dropped. Like
     ``DistributedSampler``, call :meth:`set_epoch` before each epoch; ``start_step`` skips the
-    epoch's first steps (resuming mid-epoch).
+    epoch's first steps (resuming mid-epoch). The sampler runs in the training process, so a DataLoader
+    built once with persistent workers follows :meth:`set_epoch`; with ``with_epoch`` each item of a
+    batch is an ``(epoch, index)`` pair, so the epoch reaches the workers with the indices
+    (:class:`_WithIndex`), where a ``set_epoch`` of the data set in the training process would not.
 
     Args:
         n: size of the data set.
@@ -175,10 +184,11 @@ class GlobalBatchSampler:
         world_size, rank: the process group's size and this process's rank.
         seed: the run's seed (the epoch's permutation is drawn from ``(seed, epoch)``).
         shuffle: shuffle (else the data set's order).
+        with_epoch: yield ``[(epoch, index), ...]`` instead of ``[index, ...]``.
     """
 
     def __init__(self, n: int, batch_size: int, *, accumulate: int = 1, world_size: int = 1, rank: int = 0,
-                 seed: int = 0, shuffle: bool = True) -> None:
+                 seed: int = 0, shuffle: bool = True, with_epoch: bool = False) -> None:
         if batch_size % (accumulate * world_size):
             raise ConfigError(
                 f"batch_size ({batch_size}) must be a multiple of accumulate x processes ({accumulate} x {world_size})"
@@ -189,6 +199,7 @@ class GlobalBatchSampler:
             raise ConfigError(f"the data set has {n} items, fewer than batch_size ({batch_size})")
         self.n, self.batch_size, self.accumulate = n, batch_size, accumulate
         self.world_size, self.rank, self.seed, self.shuffle = world_size, rank, seed, shuffle
+        self.with_epoch = with_epoch
         self.micro = batch_size // accumulate
         self.per_rank = self.micro // world_size
         self.steps_per_epoch = n // batch_size
@@ -206,24 +217,39 @@ class GlobalBatchSampler:
     def __len__(self) -> int:
         return (self.steps_per_epoch - self.start_step) * self.accumulate
 
-    def __iter__(self) -> Iterator[list[int]]:
-        perm = self.permutation(self.epoch)
+    def __iter__(self) -> Iterator[list[int] | list[tuple[int, int]]]:
+        epoch, perm = self.epoch, self.permutation(self.epoch)
         for step in range(self.start_step, self.steps_per_epoch):
             for m in range(self.accumulate):
                 start = step * self.batch_size + m * self.micro + self.rank * self.per_rank
-                yield perm[start : start + self.per_rank].tolist()
+                indices = perm[start : start + self.per_rank].tolist()
+                yield [(epoch, i) for i in indices] if self.with_epoch else indices
 
 
 class _WithIndex(Dataset):
-    """Items ``(views, label, index)``: DeepCluster needs the samples' indices."""
+    """The training set read by ``(epoch, index)`` keys: items ``(views, label, index)`` (DeepCluster needs
+    the samples' indices).
+
+    The epoch comes with each key (:class:`GlobalBatchSampler` ``with_epoch``) and is set on this process's
+    copy of the data set before the item is read: a worker that lives for the whole run (persistent workers)
+    draws each epoch's views under ``item_seed(seed, epoch, index)``, as the training process would.
+    ``dataset``: a :class:`~mvssl_core.data.MultiViewDataset` (items ``(views, label)``), or a
+    :class:`~mvssl_core.gpu_views.JpegBytes` / :class:`~mvssl_core.gpu_views.TensorImages` (items
+    ``(data, label, index)`` already; their views are drawn on the device, whatever the epoch).
+    """
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
+        self.indexed = isinstance(dataset, (JpegBytes, TensorImages))
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        self.dataset.set_epoch(epoch)
+        if self.indexed:
+            return self.dataset[index]
         views, label = self.dataset[index]
         return views, label, index
 
@@ -795,7 +821,7 @@ def _train(cfg: RunConfig, rt: Runtime, *, resume: bool, stop_after: int | None,
     gpu_pipeline = _use_gpu_pipeline(cfg, rt)
     dataset = build_train_set(cfg, gpu_pipeline)
     sampler = GlobalBatchSampler(len(dataset), cfg.batch_size, accumulate=cfg.accumulate,
-                                 world_size=rt.world_size, rank=rt.rank, seed=cfg.seed)
+                                 world_size=rt.world_size, rank=rt.rank, seed=cfg.seed, with_epoch=True)
     steps_per_epoch = sampler.steps_per_epoch
     total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
     warmup = min(int(round(cfg.optim.warmup_epochs * steps_per_epoch)), total - 1)
@@ -872,7 +898,8 @@ def _train(cfg: RunConfig, rt: Runtime, *, resume: bool, stop_after: int | None,
 
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if rt.bf16 else contextlib.nullcontext
     loader_kw = dict(num_workers=cfg.num_workers, pin_memory=rt.device.type == "cuda",
-                     worker_init_fn=_worker_init if cfg.num_workers > 0 else None)
+                     worker_init_fn=_worker_init if cfg.num_workers > 0 else None,
+                     timeout=LOADER_TIMEOUT_S if cfg.num_workers > 0 else 0)
 
     def _save() -> None:
         save_checkpoint(ckpt_path, {
@@ -888,13 +915,14 @@ def _train(cfg: RunConfig, rt: Runtime, *, resume: bool, stop_after: int | None,
                                          dtype=torch.int64),
         })
 
-    def _loader(batch_sampler) -> DataLoader:
-        # the workers' base seed comes from its own generator, not the global one: a loader made at a mid-epoch
-        # resume would otherwise draw once more than the uninterrupted run (the views are seeded per item)
-        seed = item_seed(cfg.seed, getattr(batch_sampler, "epoch", 0), -2)
-        return DataLoader(dataset if gpu_pipeline else _WithIndex(dataset), batch_sampler=batch_sampler,
+    def _loader(batch_sampler, persistent: bool) -> DataLoader:
+        # batches of (epoch, index) keys (_WithIndex). The workers' base seed comes from the loader's own
+        # generator, not the global one: a loader made at a mid-epoch resume would otherwise draw once more
+        # than the uninterrupted run (the views are seeded per item)
+        return DataLoader(_WithIndex(dataset), batch_sampler=batch_sampler,
                           collate_fn=collate_bytes if isinstance(dataset, JpegBytes) else None,
-                          generator=torch.Generator().manual_seed(seed), **loader_kw)
+                          generator=torch.Generator().manual_seed(item_seed(cfg.seed, 0, -2)),
+                          persistent_workers=persistent and cfg.num_workers > 0, **loader_kw)
 
     def _on_device(batch, step: int, micro: int) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         views, labels, indices = batch
@@ -910,24 +938,27 @@ def _train(cfg: RunConfig, rt: Runtime, *, resume: bool, stop_after: int | None,
     method.train()
     if step == 0 and getattr(method, "prefill", False):
         # DeepCluster-v2's pass over the data before training: every sample's projection in the bank
-        dataset.set_epoch(0)
+        fill = [[(0, i) for i in b] for b in _fill_batches(len(dataset), cfg.batch_size // cfg.accumulate,
+                                                           rt.world_size, rt.rank)]
         with torch.no_grad(), _one_thread(cfg.num_workers == 0):
-            for i, batch in enumerate(_loader(_fill_batches(len(dataset), cfg.batch_size // cfg.accumulate,
-                                                            rt.world_size, rt.rank))):
+            for i, batch in enumerate(_loader(fill, persistent=False)):
                 views, _, indices = _on_device(batch, i, 0)
                 method.fill_memory_(views, indices)
         captured.clear()
     progress_bar = _Progress(total, step, main, desc=f"{cfg.method} {cfg.data.name}", bar=cfg.progress,
                              samples_per_step=cfg.batch_size)
     log_file = open(log_path, "a", encoding="utf-8") if main else None
+    # one loader for the run: its workers (persistent) live across epochs; each epoch a new pass of the
+    # sampler, which carries the epoch to the workers with the indices
+    children = set(multiprocessing.active_children())
+    loader = _loader(sampler, persistent=True)
+    batches = None
     try:
         while step < total:
             epoch, position = divmod(step, steps_per_epoch)
             if position == 0:
                 method.start_epoch(epoch)
             sampler.set_epoch(epoch, position)
-            dataset.set_epoch(epoch)
-            loader = _loader(sampler)
             batches = iter(loader)
             for _ in range(position, steps_per_epoch):
                 if step >= total:
@@ -943,7 +974,7 @@ def _train(cfg: RunConfig, rt: Runtime, *, resume: bool, stop_after: int | None,
                 logged_step = (step + 1) % cfg.log_every == 0 or step + 1 == total  # metrics on these steps only
                 for micro in range(cfg.accumulate):
                     with _one_thread(cfg.num_workers == 0):
-                        batch = next(batches)
+                        batch = _next_batch(batches, step)
                     views, labels, indices = _on_device(batch, step, micro)
                     last = micro == cfg.accumulate - 1
                     sync = model.no_sync() if rt.distributed and not last else contextlib.nullcontext()
@@ -1002,8 +1033,9 @@ def _train(cfg: RunConfig, rt: Runtime, *, resume: bool, stop_after: int | None,
                     raise preempt.Stopped(step, total, str(ckpt_path), stop.signal_name, rt.rank, rt.world_size)
                 if stop_after is not None and step >= stop_after and step < total:
                     return None
-            del batches, loader
     finally:
+        loader = batches = None  # the workers stop now, even while a traceback holds this frame
+        _end_workers(children)
         progress_bar.close()
         if log_file is not None:
             log_file.close()
@@ -1037,6 +1069,28 @@ def _non_finite(method: nn.Module, probe: nn.Module | None, *optimizers: torch.o
     device = tensors[0][1].device  # one transfer to the host, not one per tensor
     finite = torch.stack([torch.isfinite(v).all().to(device) for _, v in tensors]).tolist()
     return [name for (name, _), ok in zip(tensors, finite) if not ok]
+
+
+def _next_batch(batches: Iterator, step: int):
+    """The loader's next batch; a loader failure (a worker that timed out, died or raised) is raised again
+    without the loader's frames, which would keep the loader and its workers alive with the traceback."""
+    try:
+        return next(batches)
+    except RuntimeError as e:
+        failure = str(e).strip()
+    del batches  # nor in this frame, which the new traceback holds
+    raise RuntimeError(f"step {step}: the training data loader failed: {failure}")
+
+
+def _end_workers(before: set) -> None:
+    """Kill the loader workers started since ``before`` (``multiprocessing.active_children()``) that are still
+    alive once their loader is gone: a worker stuck in an item (the run then ends with the loader's timeout)
+    ignores SIGTERM (:func:`mvssl_core.preempt.ignore_in_worker`), so torch's ``terminate`` leaves it running,
+    and the interpreter's exit would wait for it without end."""
+    for process in multiprocessing.active_children():
+        if process not in before and process.daemon:
+            process.kill()
+            process.join(timeout=10)
 
 
 def _fill_batches(n: int, per_rank: int, world_size: int, rank: int) -> list[list[int]]:
