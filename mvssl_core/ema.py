@@ -4,7 +4,8 @@ BYOL [0] and DINO [1] train a student (online network) by gradient descent and l
 (target network) follow it as an exponential moving average of its weights,
 ``xi <- m xi + (1 - m) theta``, with the momentum m raised from a base value to 1 along a cosine.
 The update runs after each *real* optimizer step (not after every micro-batch of gradient
-accumulation); the caller passes the training progress of that step.
+accumulation); the caller passes the training progress of that step. :class:`EMATeacher` bundles
+the three pieces for a method (BYOL's target network, DINO's teacher).
 
 [0] Grill et al., "Bootstrap Your Own Latent" (BYOL), NeurIPS 2020, Section 3.2 and Appendix A.
 [1] Caron et al., "Emerging Properties in Self-Supervised Vision Transformers" (DINO), ICCV 2021.
@@ -14,13 +15,14 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 from mvssl_core import _checks as checks
 
-__all__ = ["frozen_copy", "ema_update_", "cosine_momentum"]
+__all__ = ["EMATeacher", "frozen_copy", "ema_update_", "cosine_momentum"]
 
 
 def _module(value: object, name: str) -> nn.Module:
@@ -83,3 +85,57 @@ def cosine_momentum(progress: float, base: float = 0.996, final: float = 1.0) ->
     base = checks.fraction(base, "base")
     final = checks.fraction(final, "final")
     return final - (final - base) * (math.cos(math.pi * p) + 1.0) / 2.0
+
+
+class EMATeacher(nn.ModuleDict):
+    """Frozen EMA copies of named student modules, moved on the cosine momentum schedule [0, 1].
+
+    ``EMATeacher({"backbone": net, "head": head})`` holds a :func:`frozen_copy` of each module under
+    its name (``teacher["backbone"]`` is the teacher's backbone), so its state-dict keys are
+    ``<name>.<the module's key>``: a method that keeps it as ``self.teacher`` saves
+    ``teacher.backbone.*``, the keys of the plain ``nn.ModuleDict`` it replaced. The schedule is two
+    floats, not buffers: it comes from the method's arguments, never from a checkpoint.
+
+    Args:
+        students: name -> student module (at least one), copied at construction.
+        base_momentum: m at progress 0 (:func:`cosine_momentum`'s ``base``).
+        final_momentum: m at progress 1.
+
+    Example:
+        >>> net = nn.Linear(3, 2)
+        >>> teacher = EMATeacher({"net": net}, base_momentum=0.5, final_momentum=0.5)
+        >>> teacher.update_({"net": net}, progress=0.0)
+        0.5
+    """
+
+    def __init__(
+        self, students: Mapping[str, nn.Module], base_momentum: float = 0.996, final_momentum: float = 1.0
+    ) -> None:
+        if not isinstance(students, Mapping) or not students:
+            raise TypeError(f"students must be a non-empty dict of name -> nn.Module, got {students!r}")
+        super().__init__({name: frozen_copy(_module(m, f"students[{name!r}]")) for name, m in students.items()})
+        self.base_momentum = checks.fraction(base_momentum, "base_momentum")
+        self.final_momentum = checks.fraction(final_momentum, "final_momentum")
+
+    def momentum(self, progress: float) -> float:
+        """m at ``progress`` in [0, 1]: :func:`cosine_momentum` from ``base_momentum`` to ``final_momentum``."""
+        return cosine_momentum(progress, self.base_momentum, self.final_momentum)
+
+    @torch.no_grad()
+    def update_(self, students: Mapping[str, nn.Module], progress: float) -> float:
+        """In place, after a real optimizer step: each copy ``xi <- m xi + (1 - m) theta`` (:func:`ema_update_`).
+
+        Args:
+            students: name -> student module, the names given at construction.
+            progress: the training progress of the step just taken, in [0, 1].
+
+        Returns:
+            The momentum m used.
+        """
+        if not isinstance(students, Mapping) or set(students) != set(self.keys()):
+            got = sorted(students) if isinstance(students, Mapping) else type(students).__name__
+            raise ValueError(f"students must name the teacher's modules {sorted(self.keys())}, got {got}")
+        m = self.momentum(progress)
+        for name, teacher in self.items():
+            ema_update_(teacher, students[name], m)
+        return m

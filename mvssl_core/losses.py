@@ -38,6 +38,8 @@ __all__ = [
     "SwAVQueue",
     "spherical_kmeans",
     "deepcluster_loss",
+    "ER_TERMS",
+    "er_loss",
 ]
 
 
@@ -532,3 +534,32 @@ def deepcluster_loss(
             per_i = F.cross_entropy(_upcast(s) / tau, t, reduction="none")
             terms.append(dist.global_mean(per_i) if distributed else per_i.mean())
     return torch.stack(terms).mean()
+
+
+ER_TERMS = ("both", "entropy", "reconstruction")
+"""Which terms of the ER bound an ER variant maximises (``er_terms``): both (the ER objective), or
+one alone (the ablation that isolates each term; the other is still logged)."""
+
+
+def er_loss(
+    entropy: torch.Tensor, reconstruction: torch.Tensor, terms: str = "both"
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss of an ER variant [4], ``-(H + Rec)`` or minus one term alone, and its logged terms.
+
+    Args:
+        entropy, reconstruction: the two terms of the bound (0-dim tensors, nats), e.g. those of
+            :func:`mvssl_core.bounds.er_bound`.
+        terms: one of :data:`ER_TERMS`.
+
+    Returns:
+        ``(loss, {"loss_entropy": entropy, "loss_reconstruction": reconstruction})``; the loss keeps
+        the gradient of the terms it uses.
+    """
+    terms = checks.choice(terms, "terms", ER_TERMS)
+    if terms == "both":
+        loss = -(entropy + reconstruction)
+    elif terms == "entropy":
+        loss = -entropy
+    else:
+        loss = -reconstruction
+    return loss, {"loss_entropy": entropy, "loss_reconstruction": reconstruction}

@@ -431,6 +431,31 @@ def test_deepcluster_loss_is_cross_entropy():
         losses.deepcluster_loss([torch.zeros(4, 6)], [torch.tensor([0, 1, 2, 6])])
 
 
+# ----------------------------------------------------------------------------- ER variants
+
+
+@pytest.mark.parametrize("terms, expected, grads", [("both", -5.0, (-1.0, -1.0)), ("entropy", -2.0, (-1.0, 0.0)),
+                                                     ("reconstruction", -3.0, (0.0, -1.0))])
+def test_er_loss_is_minus_the_chosen_terms_and_logs_both(terms, expected, grads):
+    h = torch.tensor(2.0, requires_grad=True)
+    rec = torch.tensor(3.0, requires_grad=True)
+    loss, logged = losses.er_loss(h, rec, terms)
+    assert loss.item() == expected
+    assert logged.keys() == {"loss_entropy", "loss_reconstruction"}
+    assert logged["loss_entropy"] is h and logged["loss_reconstruction"] is rec
+    loss.backward()
+    assert (float(h.grad) if h.grad is not None else 0.0, float(rec.grad) if rec.grad is not None else 0.0) == grads
+    assert losses.ER_TERMS == ("both", "entropy", "reconstruction")
+    assert losses.er_loss(torch.tensor(2.0), torch.tensor(3.0))[0].item() == -5.0  # "both" by default
+
+
+@pytest.mark.parametrize("bad", ["Both", "rec", "", None])
+def test_er_loss_refuses_unknown_terms_by_name(bad):
+    # before issue 13 moved it here, any unknown `terms` silently returned -reconstruction
+    with pytest.raises(ValueError, match=r"^terms must be one of \('both', 'entropy', 'reconstruction'\), got "):
+        losses.er_loss(torch.tensor(2.0), torch.tensor(3.0), bad)
+
+
 # ----------------------------------------------------------------------------- bad input (issue 15)
 
 

@@ -109,8 +109,10 @@ def _train(method: nn.Module, steps: int, lr: float = 0.05, check_ema: bool = Fa
             before = [[t.detach().clone() for t in teacher.parameters()] for teacher, _ in _teacher_pairs(method)]
         method.after_optimizer_step(progress)
         if check_ema:
-            m = method.momentum(progress)
-            assert m == pytest.approx(ema.cosine_momentum(progress, method.base_momentum, method.final_momentum))
+            m = method.teacher.momentum(progress)
+            assert m == pytest.approx(
+                ema.cosine_momentum(progress, method.teacher.base_momentum, method.teacher.final_momentum)
+            )
             for (teacher, student), old in zip(_teacher_pairs(method), before):
                 for t, s, o in zip(teacher.parameters(), student.parameters(), old):
                     torch.testing.assert_close(t, m * o + (1 - m) * s.detach(), rtol=1e-6, atol=1e-7)
@@ -236,7 +238,7 @@ def test_each_method_runs_under_bfloat16_autocast(name):
     method.start_epoch(0)
     n_local = 2 if _base(name) in MULTICROP else 0
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = method.training_step(_views(_images(N, 5), seed=0, n_local=n_local), 0.3, indices=torch.arange(N))
+        out = method(_views(_images(N, 5), seed=0, n_local=n_local), 0.3, indices=torch.arange(N))
     out.loss.backward()
     assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
     assert all(math.isfinite(v) for v in out.metrics.values())
@@ -245,11 +247,11 @@ def test_each_method_runs_under_bfloat16_autocast(name):
 def test_methods_reject_bad_views():
     method = _build("simclr")
     with pytest.raises(TypeError, match="views"):
-        method.training_step(torch.randn(2, N, 3, 16, 16), 0.0)
+        method(torch.randn(2, N, 3, 16, 16), 0.0)
     with pytest.raises(ValueError, match="at least 2 views"):
-        method.training_step([torch.randn(N, 3, 16, 16)], 0.0)
+        method([torch.randn(N, 3, 16, 16)], 0.0)
     with pytest.raises(ValueError, match="same batch size"):
-        method.training_step([torch.randn(N, 3, 16, 16), torch.randn(N - 1, 3, 16, 16)], 0.0)
+        method([torch.randn(N, 3, 16, 16), torch.randn(N - 1, 3, 16, 16)], 0.0)
     with pytest.raises(ValueError, match="dataset_size"):
         _build("deepcluster", dataset_size=4)
 
@@ -300,7 +302,7 @@ def test_deepcluster_clusters_each_epoch_and_targets_its_assignments():
     method.start_epoch(2)
     assert method.assignments.shape == before.shape
     with pytest.raises(ValueError, match="indices"):
-        method.training_step(_views(_images(N, 0), 0), 0.5)
+        method(_views(_images(N, 0), 0), 0.5)
 
 
 def test_swav_queue_fills_then_joins_the_codes():
@@ -437,6 +439,112 @@ def test_ema_update_by_hand():
         ema.ema_update_(teacher, nn.Linear(3, 2), 0.5)
 
 
+@pytest.mark.parametrize("name, base", [("byol", 0.9), ("byol_er", 0.99), ("dino", 0.9), ("dino_er", 0.996)])
+def test_ema_teacher_after_n_steps_is_the_formula_bit_for_bit(name, base):
+    """Issue 13: BYOL's and DINO's one EMA teacher. After each of K real SGD steps, every teacher parameter
+    is ``xi <- m xi + (1 - m) theta`` with ``m = 1 - (1 - m0)(cos(pi k / K) + 1) / 2`` at k = step + 1 (BYOL's
+    tau, Grill et al. Section 3.2), written here with plain tensor ops (``mul_``, then ``add_`` with alpha,
+    as the removed per-method code did through ``torch._foreach_*``): equal bit for bit; buffers copied."""
+    method = _build(name, base_momentum=base)
+    pairs = _teacher_pairs(method)
+    reference = [[t.detach().clone() for t in teacher.parameters()] for teacher, _ in pairs]
+    opt = torch.optim.SGD(_trainable(method), lr=0.05, momentum=0.9)
+    images, big_k = _images(N, seed=7), 5
+    n_local = 2 if _base(name) in MULTICROP else 0
+    for step in range(big_k):
+        out = method(_views(images, seed=step, n_local=n_local), step / big_k)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        k = step + 1
+        m = 1 - (1 - base) * (math.cos(math.pi * k / big_k) + 1) / 2
+        for ref, (_, student) in zip(reference, pairs):
+            for r, s in zip(ref, student.parameters()):
+                literal = m * r + (1 - m) * s.detach()
+                r.mul_(m).add_(s.detach(), alpha=1 - m)
+                torch.testing.assert_close(r, literal, rtol=1e-6, atol=1e-7)  # the formula, up to fma rounding
+        method.after_optimizer_step(k / big_k)
+        for ref, (teacher, student) in zip(reference, pairs):
+            for r, t in zip(ref, teacher.parameters()):
+                assert torch.equal(t, r)
+            for tb, sb in zip(teacher.buffers(), student.buffers()):
+                assert torch.equal(tb, sb)
+    assert method.teacher.momentum(1.0) == 1.0 and method.teacher.momentum(0.0) == pytest.approx(base, abs=1e-15)
+    moved = [not torch.equal(t, s) for teacher, student in pairs
+             for t, s in zip(teacher.parameters(), student.parameters())]
+    assert any(moved), "the teacher equals the student: the EMA did not average"
+
+
+def _old_layout_teacher(method: nn.Module) -> nn.ModuleDict:
+    """The teacher as BYOL and DINO built it before issue 13: a plain ModuleDict of frozen copies."""
+    second = "projector" if isinstance(method, METHODS["byol"]) else "head"
+    return nn.ModuleDict(
+        {"backbone": ema.frozen_copy(method.backbone), second: ema.frozen_copy(getattr(method, second))}
+    )
+
+
+@pytest.mark.parametrize("name", ["byol", "dino"])
+def test_ema_teacher_keeps_the_checkpoint_keys_and_loads_an_old_checkpoint(name):
+    """A checkpoint written before the EMATeacher (teacher = nn.ModuleDict) loads strictly, values and all."""
+    old, new = _build(name, seed=0), _build(name, seed=1)
+    _train(old, 2, total=4)
+    old_teacher = _old_layout_teacher(old)
+    old_teacher.load_state_dict(old.teacher.state_dict())  # the trained teacher, in the old layout
+    old_state = {k: v for k, v in old.state_dict().items() if not k.startswith("teacher.")}
+    old_state.update({f"teacher.{k}": v for k, v in old_teacher.state_dict().items()})
+    assert list(new.state_dict()) == list(old.state_dict())
+    assert sorted(old_state) == sorted(new.state_dict())
+    new.load_state_dict(old_state, strict=True)
+    for key, value in old_state.items():
+        assert torch.equal(new.state_dict()[key], value), key
+    assert not any(p.requires_grad for p in new.teacher.parameters())
+
+
+def test_ema_teacher_by_hand_and_its_errors():
+    torch.manual_seed(0)
+    net, head = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)), nn.Linear(4, 2)
+    teacher = ema.EMATeacher({"net": net, "head": head}, base_momentum=0.5, final_momentum=1.0)
+    keys = [f"net.{k}" for k in net.state_dict()] + [f"head.{k}" for k in head.state_dict()]
+    assert list(teacher.state_dict()) == keys
+    assert not any(p.requires_grad for p in teacher.parameters()) and all(p.requires_grad for p in net.parameters())
+    assert teacher.momentum(0.5) == pytest.approx(0.75, abs=1e-15)
+    with torch.no_grad():
+        for p in [*net.parameters(), *head.parameters()]:
+            p.add_(1.0)
+    net(torch.randn(8, 3))  # moves the running statistics
+    old = [p.clone() for p in teacher.parameters()]
+    assert teacher.update_({"head": head, "net": net}, 0.5) == pytest.approx(0.75, abs=1e-15)  # any order of names
+    for t, o in zip(teacher.parameters(), old):
+        torch.testing.assert_close(t, o + 0.25)  # each student moved by exactly 1
+    assert torch.equal(teacher["net"][1].running_mean, net[1].running_mean)
+    frozen = [p.clone() for p in teacher.parameters()]
+    for bad, error, match in [
+        ({"net": net}, ValueError, r"^students must name the teacher's modules \['head', 'net'\], got \['net'\]"),
+        ([net, head], ValueError, r"^students must name the teacher's modules .*got list"),
+    ]:
+        with pytest.raises(error, match=match):
+            teacher.update_(bad, 0.5)
+    with pytest.raises(ValueError, match=r"^progress must be a finite number in \[0, 1\], got 1.5"):
+        teacher.update_({"net": net, "head": head}, 1.5)
+    assert all(torch.equal(a, b) for a, b in zip(frozen, teacher.parameters()))  # nothing moved on an error
+    with pytest.raises(TypeError, match=r"^students must be a non-empty dict"):
+        ema.EMATeacher({})
+    with pytest.raises(TypeError, match=r"^students\['net'\] must be an nn.Module, got str"):
+        ema.EMATeacher({"net": "model"})
+    with pytest.raises(ValueError, match=r"^base_momentum must be a finite number in \[0, 1\]"):
+        ema.EMATeacher({"net": net}, base_momentum=1.5)
+    with pytest.raises(TypeError, match=r"^final_momentum must be a number in \[0, 1\]"):
+        ema.EMATeacher({"net": net}, final_momentum="1")
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_forward_is_the_only_step_entry_point(name):
+    """Issue 13: no ``training_step`` alias beside ``forward``; the EMA schedule lives in the teacher."""
+    method = _build(name)
+    assert not hasattr(method, "training_step")
+    assert not hasattr(method, "momentum") and not hasattr(method, "base_momentum")
+
+
 # ----------------------------------------------------------------------------- collapse: the paper's mechanism
 
 
@@ -447,7 +555,7 @@ def _run_small(method: nn.Module, steps: int, n_local: int = 0, lr: float = 0.05
     history = []
     for step in range(steps):
         idx = torch.randperm(64, generator=torch.Generator().manual_seed(step))[:32]
-        out = method.training_step(_views(images[idx], seed=step, n_local=n_local), step / steps)
+        out = method(_views(images[idx], seed=step, n_local=n_local), step / steps)
         opt.zero_grad()
         out.loss.backward()
         opt.step()
@@ -517,7 +625,7 @@ def test_er_terms_ablation_maximises_the_named_term(name):
         if name == "deepcluster":
             method.start_epoch(0)
         torch.manual_seed(11)
-        out = method.training_step(_views(images, seed=5, n_local=n_local), 0.5, indices=torch.arange(N))
+        out = method(_views(images, seed=5, n_local=n_local), 0.5, indices=torch.arange(N))
         out.loss.backward()
         grads[terms] = torch.cat([torch.zeros_like(p).flatten() if p.grad is None else p.grad.flatten() for p in _trainable(method)])
         metrics[terms] = out.metrics

@@ -4,7 +4,7 @@ Contract shared by every method (an ``nn.Module``)::
 
     method = build_method("byol_er", backbone, feature_dim, **hyper)
     method.start_epoch(epoch)                          # at the start of each epoch (DeepCluster clusters)
-    out = method(views, progress, indices)             # == method.training_step(...): StepOutput(loss, metrics)
+    out = method(views, progress, indices)             # the one entry point: StepOutput(loss, metrics)
     out = method(views, progress, indices, metrics=False)  # the same loss; no metrics (a step not logged)
     out.loss.backward(); optimizer.step()
     method.after_optimizer_step(progress)              # after a REAL optimizer step (EMA teachers)

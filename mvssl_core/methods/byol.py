@@ -13,17 +13,15 @@ from torch import nn
 
 from mvssl_core import _checks as checks
 from mvssl_core import bounds, entropy
-from mvssl_core.ema import cosine_momentum, ema_update_, frozen_copy
+from mvssl_core.ema import EMATeacher
 from mvssl_core.heads import BYOL_PREDICTOR, BYOL_PROJECTOR, MLPSpec, build_mlp
-from mvssl_core.losses import byol_loss
+from mvssl_core.losses import ER_TERMS, byol_loss, er_loss
 from mvssl_core.methods.step import (
-    ER_TERMS,
     StepOutput,
     check_progress,
     check_views,
     naming_views,
     spec_arg,
-    er_loss,
     forward_crops,
     projection_metrics,
     report,
@@ -89,9 +87,7 @@ class BYOL(nn.Module):
         if predictor is not None:
             predictor = spec_arg(predictor, MLPSpec, "predictor")
         self.predictor = nn.Identity() if predictor is None else build_mlp(projector.out, predictor)
-        self.teacher = nn.ModuleDict({"backbone": frozen_copy(backbone), "projector": frozen_copy(self.projector)})
-        self.base_momentum = checks.fraction(base_momentum, "base_momentum")
-        self.final_momentum = checks.fraction(final_momentum, "final_momentum")
+        self.teacher = EMATeacher({"backbone": backbone, "projector": self.projector}, base_momentum, final_momentum)
         self.er = checks.boolean(er, "er")
         self.er_terms = checks.choice(er_terms, "er_terms", ER_TERMS)
         self.kappa = checks.positive(kappa, "kappa")
@@ -130,23 +126,9 @@ class BYOL(nn.Module):
                 return StepOutput(loss, {})
             return report(loss, projection_metrics(z1, z2, self.monitor_kappa, self.distributed), extra)
 
-    def training_step(
-        self, views: list[torch.Tensor], progress: float, indices: torch.Tensor | None = None
-    ) -> StepOutput:
-        """The step's loss and metrics (calls :meth:`forward`, so a DDP wrapper sees it)."""
-        return self(views, progress, indices)
-
-    def momentum(self, progress: float) -> float:
-        """The EMA momentum at ``progress`` (cosine from base to final)."""
-        return cosine_momentum(progress, self.base_momentum, self.final_momentum)
-
-    @torch.no_grad()
     def after_optimizer_step(self, progress: float) -> None:
         """Move the target network towards the online network (after a real optimizer step)."""
-        progress = check_progress(progress)
-        m = self.momentum(progress)
-        ema_update_(self.teacher["backbone"], self.backbone, m)
-        ema_update_(self.teacher["projector"], self.projector, m)
+        self.teacher.update_({"backbone": self.backbone, "projector": self.projector}, progress)
 
     def start_epoch(self, epoch: int) -> None:
         """Nothing to do: BYOL keeps no per-epoch state."""

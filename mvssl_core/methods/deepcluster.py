@@ -23,10 +23,8 @@ from mvssl_core.heads import (
     PrototypeSpec,
     build_mlp,
 )
-from mvssl_core.losses import deepcluster_loss, spherical_kmeans
+from mvssl_core.losses import ER_TERMS, deepcluster_loss, er_loss, spherical_kmeans
 from mvssl_core.methods.step import (
-    ER_TERMS,
-    er_loss,
     StepOutput,
     assignment_metrics,
     check_progress,
@@ -278,12 +276,6 @@ class DeepCluster(nn.Module):
         for j in range(len(projections)):
             self.memory[j, idx] = rows[:, j].to(self.memory.dtype)
         self.seen[idx] = True
-
-    def training_step(
-        self, views: list[torch.Tensor], progress: float, indices: torch.Tensor | None = None
-    ) -> StepOutput:
-        """The step's loss and metrics (calls :meth:`forward`, so a DDP wrapper sees it)."""
-        return self(views, progress, indices)
 
     def after_optimizer_step(self, progress: float) -> None:
         """Nothing to do: the bank is written during the step, the clustering at :meth:`start_epoch`."""

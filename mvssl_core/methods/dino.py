@@ -13,12 +13,10 @@ from torch import nn
 
 from mvssl_core import _checks as checks
 from mvssl_core import bounds
-from mvssl_core.ema import cosine_momentum, ema_update_, frozen_copy
+from mvssl_core.ema import EMATeacher
 from mvssl_core.heads import DINO_HEAD, DINOHead, DINOHeadSpec
-from mvssl_core.losses import DINOCenter, dino_loss, teacher_temperature
+from mvssl_core.losses import ER_TERMS, DINOCenter, dino_loss, er_loss, teacher_temperature
 from mvssl_core.methods.step import (
-    ER_TERMS,
-    er_loss,
     StepOutput,
     assignment_metrics,
     check_progress,
@@ -97,7 +95,7 @@ class DINO(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = DINOHead(feature_dim, spec_arg(head, DINOHeadSpec, "head"))
-        self.teacher = nn.ModuleDict({"backbone": frozen_copy(backbone), "head": frozen_copy(self.head)})
+        self.teacher = EMATeacher({"backbone": backbone, "head": self.head}, base_momentum, final_momentum)
         self.center = DINOCenter(self.head.spec.out, checks.fraction(center_momentum, "center_momentum"))
         self.n_global = checks.positive_int(n_global, "n_global", minimum=1)
         self.student_temperature = checks.positive(student_temperature, "student_temperature")
@@ -109,8 +107,6 @@ class DINO(nn.Module):
         self.er = checks.boolean(er, "er")
         self.er_terms = checks.choice(er_terms, "er_terms", ER_TERMS)
         self.centering = (not self.er) if centering is None else checks.boolean(centering, "centering")
-        self.base_momentum = checks.fraction(base_momentum, "base_momentum")
-        self.final_momentum = checks.fraction(final_momentum, "final_momentum")
         self.freeze_last_layer = checks.fraction(freeze_last_layer, "freeze_last_layer")
         self.entropy_branch = checks.choice(entropy_branch, "entropy_branch", ("student", "teacher"))
         self.monitor_kappa = checks.positive(monitor_kappa, "monitor_kappa")
@@ -154,23 +150,9 @@ class DINO(nn.Module):
             discrete = assignment_metrics(student[1], teacher[0] - center, tau_s, tau_t, self.distributed)
             return report(loss, projection_metrics(z1, z2, self.monitor_kappa, self.distributed), discrete, extra)
 
-    def training_step(
-        self, views: list[torch.Tensor], progress: float, indices: torch.Tensor | None = None
-    ) -> StepOutput:
-        """The step's loss and metrics (calls :meth:`forward`, so a DDP wrapper sees it)."""
-        return self(views, progress, indices)
-
-    def momentum(self, progress: float) -> float:
-        """The teacher's EMA momentum at ``progress`` (cosine from base to final)."""
-        return cosine_momentum(progress, self.base_momentum, self.final_momentum)
-
-    @torch.no_grad()
     def after_optimizer_step(self, progress: float) -> None:
         """Move the teacher towards the student (after a real optimizer step)."""
-        progress = check_progress(progress)
-        m = self.momentum(progress)
-        ema_update_(self.teacher["backbone"], self.backbone, m)
-        ema_update_(self.teacher["head"], self.head, m)
+        self.teacher.update_({"backbone": self.backbone, "head": self.head}, progress)
 
     def start_epoch(self, epoch: int) -> None:
         """Nothing to do: DINO's schedules follow ``progress``."""

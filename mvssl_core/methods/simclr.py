@@ -14,15 +14,13 @@ from torch import nn
 from mvssl_core import _checks as checks
 from mvssl_core import bounds
 from mvssl_core.heads import SIMCLR_PROJECTOR, MLPSpec, build_mlp
-from mvssl_core.losses import nt_xent
+from mvssl_core.losses import ER_TERMS, er_loss, nt_xent
 from mvssl_core.methods.step import (
-    ER_TERMS,
     StepOutput,
     check_progress,
     check_views,
     naming_views,
     spec_arg,
-    er_loss,
     forward_crops,
     projection_metrics,
     report,
@@ -100,12 +98,6 @@ class SimCLR(nn.Module):
             if not metrics:
                 return StepOutput(loss, {})
             return report(loss, projection_metrics(z1, z2, self.monitor_kappa, self.distributed), extra)
-
-    def training_step(
-        self, views: list[torch.Tensor], progress: float, indices: torch.Tensor | None = None
-    ) -> StepOutput:
-        """The step's loss and metrics (calls :meth:`forward`, so a DDP wrapper sees it)."""
-        return self(views, progress, indices)
 
     def after_optimizer_step(self, progress: float) -> None:
         """Nothing to do: SimCLR has no teacher."""

@@ -238,27 +238,6 @@ def assignment_metrics(
         return {"discrete_entropy": -(pbar * safe.log()).sum(), "discrete_reconstruction": sums[-2] / n}
 
 
-ER_TERMS = ("both", "entropy", "reconstruction")
-"""Which terms of the ER bound an ER variant maximises (``er_terms``): both (the ER objective), or
-one alone (the ablation that isolates each term; the other is still logged)."""
-
-
-def er_loss(entropy: torch.Tensor, reconstruction: torch.Tensor, terms: str) -> tuple[torch.Tensor, dict]:
-    """The loss of an ER variant, ``-(H + Rec)`` or one term alone, and its logged terms.
-
-    Args:
-        entropy, reconstruction: the two terms of the bound (0-dim tensors, nats).
-        terms: one of :data:`ER_TERMS`.
-    """
-    if terms == "both":
-        loss = -(entropy + reconstruction)
-    elif terms == "entropy":
-        loss = -entropy
-    else:
-        loss = -reconstruction
-    return loss, {"loss_entropy": entropy, "loss_reconstruction": reconstruction}
-
-
 def report(loss: torch.Tensor, *metric_dicts: dict[str, torch.Tensor]) -> StepOutput:
     """Bundle the loss and the metric tensors; the metrics become floats with one device sync."""
     metrics = {"loss": loss.detach()}

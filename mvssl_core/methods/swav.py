@@ -16,10 +16,8 @@ from torch import nn
 from mvssl_core import _checks as checks
 from mvssl_core import bounds, dist
 from mvssl_core.heads import SWAV_PROJECTOR, SWAV_PROTOTYPES, MLPSpec, Prototypes, PrototypeSpec, build_mlp
-from mvssl_core.losses import SwAVQueue, sinkhorn, swav_loss
+from mvssl_core.losses import ER_TERMS, SwAVQueue, er_loss, sinkhorn, swav_loss
 from mvssl_core.methods.step import (
-    ER_TERMS,
-    er_loss,
     StepOutput,
     assignment_metrics,
     check_progress,
@@ -155,12 +153,6 @@ class SwAV(nn.Module):
                 crops[1], crops[0], self.temperature, self.target_temperature, self.distributed
             )
             return report(loss, projection_metrics(zs[0], zs[1], self.monitor_kappa, self.distributed), discrete, extra)
-
-    def training_step(
-        self, views: list[torch.Tensor], progress: float, indices: torch.Tensor | None = None
-    ) -> StepOutput:
-        """The step's loss and metrics (calls :meth:`forward`, so a DDP wrapper sees it)."""
-        return self(views, progress, indices)
 
     def after_optimizer_step(self, progress: float) -> None:
         """Nothing to do: the prototypes are re-normalised at the start of the next step."""
