@@ -70,6 +70,16 @@ count_gpus() {
   echo 0
 }
 
+# gpu_memory_mib: the memory of this node's smallest GPU in MiB (nvidia-smi), or nothing (status 1).
+gpu_memory_mib() {
+  local out
+  command -v nvidia-smi >/dev/null 2>&1 || return 1
+  out=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null) || return 1
+  out=$(printf '%s\n' "$out" | tr -d ' ' | grep -E '^[0-9]+$' | sort -n | head -n 1)
+  [[ -n "$out" ]] || return 1
+  echo "$out"
+}
+
 # slurm_nodes: the number of nodes of a multi-node SLURM allocation, or 1.
 slurm_nodes() {
   local n=${SLURM_NNODES:-${SLURM_JOB_NUM_NODES:-1}}

@@ -8,6 +8,8 @@
 #   OUT_DIR    the run's folder (default runs/imagenet/METHOD); holds config.yaml, metrics.jsonl,
 #              checkpoint.pt and results.json
 #   key=value  overrides of the config (mvssl_core/config.py keys), e.g. -- accumulate=2 optim.lr=0.2
+#              Without accumulate=N, a GPU run takes the smallest accumulation whose micro-batch fits 75 % of
+#              the smallest GPU's memory (mvssl_core/memory_plan.py; README, "Per-GPU batch"), and says so.
 #
 # Options:
 #   --cpu               run NPROC CPU processes (gloo) instead of one process per GPU
@@ -103,6 +105,35 @@ else:
 ' "$CONFIG" ${OVERRIDES[@]+"${OVERRIDES[@]}"}) || die "could not read the config with $PYTHON"
 [[ "$BATCH" != error ]] || die "config $CONFIG with the overrides: $ACCUM"
 check_batch "$BATCH" "$ACCUM"
+
+# GPU memory (mvssl_core/memory_plan.py): unless the command line sets accumulate, the smallest accumulation
+# whose micro-batch keeps its activations in 75 % of the smallest GPU's memory; a resumed run keeps its own.
+SET_ACCUM=0
+for o in ${OVERRIDES[@]+"${OVERRIDES[@]}"}; do [[ "$o" == accumulate=* ]] && SET_ACCUM=1; done
+if (( ! CPU && ! SET_ACCUM )); then
+  if [[ -f "$OUT_DIR/checkpoint.pt" && -f "$OUT_DIR/config.yaml" ]]; then
+    SAVED=$("$PYTHON" -c 'import sys; from mvssl_core.config import read_yaml; print(read_yaml(sys.argv[1]).get("accumulate", 1))' \
+            "$OUT_DIR/config.yaml") || die "could not read accumulate from $OUT_DIR/config.yaml"
+    if [[ "$SAVED" != "$ACCUM" ]]; then
+      echo "$PROG: resuming with the run's accumulate=$SAVED ($OUT_DIR/config.yaml)" >&2
+      OVERRIDES+=("accumulate=$SAVED") ACCUM=$SAVED
+    fi
+  elif GPU_MIB=$(gpu_memory_mib); then
+    if PLAN=$("$PYTHON" -m mvssl_core.memory_plan "$CONFIG" --world "$WORLD" --gpu-mib "$GPU_MIB" \
+              ${OVERRIDES[@]+"${OVERRIDES[@]}"} 2>&1); then
+      read -r PLAN_ACCUM MICRO ACT_MIB <<< "$PLAN"
+      if (( PLAN_ACCUM != ACCUM )); then
+        echo "$PROG: $((BATCH / WORLD / ACCUM)) samples per GPU at a time would keep about $(( BATCH / WORLD / ACCUM * ACT_MIB / MICRO / 1024 )) GiB of activations, more than 75 % of the GPU's $GPU_MIB MiB: accumulate=$PLAN_ACCUM ($MICRO samples per GPU at a time, about $((ACT_MIB / 1024)) GiB; the global batch stays $BATCH; -- accumulate=N chooses)" >&2
+        OVERRIDES+=("accumulate=$PLAN_ACCUM") ACCUM=$PLAN_ACCUM
+      fi
+    else
+      echo "$PROG: no memory plan (${PLAN##*error: }); accumulate=$ACCUM as the recipe says" >&2
+    fi
+  else
+    echo "$PROG: GPU memory unknown (nvidia-smi --query-gpu=memory.total); accumulate=$ACCUM as the recipe says" >&2
+  fi
+  check_batch "$BATCH" "$ACCUM"
+fi
 
 ARGS=(-m mvssl_core pretrain --config "$CONFIG"
       --set "method=$(yaml_str "$METHOD")" --set data.name=imagefolder --set "data.root=$(yaml_str "$DATA_DIR")"

@@ -56,10 +56,12 @@ def tiny(method: str) -> list[str]:
 # helpers
 
 
-def _env(tmp: Path, *, gpus: int | None = 0, slurm: dict | None = None, hostnames: str = "") -> dict:
+def _env(tmp: Path, *, gpus: int | None = 0, slurm: dict | None = None, hostnames: str = "",
+         gpu_mib: list[int] | None = None) -> dict:
     """The scripts' environment: no real GPU, SLURM or CUDA_VISIBLE_DEVICES, stand-ins on PATH.
 
     ``gpus``: the GPUs a fake ``nvidia-smi -L`` lists (None: no nvidia-smi at all).
+    ``gpu_mib``: what ``nvidia-smi --query-gpu=memory.total`` answers, a line per GPU (None: it fails).
     ``hostnames``: what the fake ``scontrol show hostnames NODELIST`` prints, one name a line.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k != "CUDA_VISIBLE_DEVICES"}
@@ -67,7 +69,10 @@ def _env(tmp: Path, *, gpus: int | None = 0, slurm: dict | None = None, hostname
     smi = bin_dir / "nvidia-smi"
     if gpus is not None:
         lines = "".join(f"GPU {i}: NVIDIA H100 80GB HBM3 (UUID: GPU-{i:08d})\\n" for i in range(gpus))
-        smi.write_text(f'#!/bin/sh\n[ "$1" = "-L" ] || exit 9\nprintf "{lines}"\n' if gpus else
+        memory = "".join(f"{m}\\n" for m in gpu_mib or [])
+        query = (f'if [ "$1 $2" = "--query-gpu=memory.total --format=csv,noheader,nounits" ]; then printf "{memory}"; '
+                 "exit 0; fi\n" if gpu_mib is not None else "")
+        smi.write_text(f'#!/bin/sh\n{query}[ "$1" = "-L" ] || exit 9\nprintf "{lines}"\n' if gpus else
                        "#!/bin/sh\necho 'No devices were found'\nexit 6\n")
         smi.chmod(0o755)
     scontrol = bin_dir / "scontrol"
@@ -233,7 +238,7 @@ def test_method_specific_schedules_in_the_recipes():
 @pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_pretrain_cpu_runs_checkpoints_and_writes_results(method, finished, imagefolder, workdir):
-    from mvssl_core.train import load_checkpoint
+    from mvssl_core.runstate import load_checkpoint
 
     out = finished(method)
     state = load_checkpoint(out / "checkpoint.pt")
@@ -253,7 +258,7 @@ def test_pretrain_cpu_runs_checkpoints_and_writes_results(method, finished, imag
 @pytest.mark.slow
 def test_pretrain_resumes_after_preemption_exactly_then_stops(imagefolder, workdir, finished):
     """Stopped after 3 of 6 steps, run again: it continues from step 3 and ends where an uninterrupted run does."""
-    from mvssl_core.train import load_checkpoint
+    from mvssl_core.runstate import load_checkpoint
 
     method = "byol_er"  # EMA teacher, predictor, KDE entropy over the global batch
     out, results_dir = workdir / "preempted" / method, workdir / "results_preempted"
@@ -412,7 +417,7 @@ def test_pretrain_sh_asks_slurm_for_a_warning_and_runs_on_old_bash():
     assert directives == ["--signal=B:USR1@300", "--requeue"]
     text = "\n".join(lines)
     assert "trap 'stop USR1' USR1" in text and "trap 'stop TERM' TERM" in text and "scontrol requeue" in text
-    assert text.count('"${OVERRIDES[@]}"') == text.count('${OVERRIDES[@]+"${OVERRIDES[@]}"}') == 3
+    assert text.count('"${OVERRIDES[@]}"') == text.count('${OVERRIDES[@]+"${OVERRIDES[@]}"}') >= 3
     proc = subprocess.run([str(PRETRAIN), "--help"], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0 and "SIGUSR1" in proc.stdout
     assert not [line for line in proc.stdout.splitlines() if line.startswith(("SBATCH", "#SBATCH"))]
@@ -534,3 +539,58 @@ def test_refuses_other_bad_arguments(imagefolder, tmp_path, fake_run):
     _refused(_run(LINEAR_EVAL, [unfinished, imagefolder], env), "linear_eval.sh", "no checkpoint.pt")
     (unfinished / "checkpoint.pt").write_bytes(b"")
     _refused(_run(LINEAR_EVAL, [unfinished, imagefolder], env), "linear_eval.sh", "has not finished")
+
+
+# ------------------------------------------------------------------------------------------------
+# the per-GPU batch (mvssl_core/memory_plan.py)
+
+
+def _accumulate(argv: list[str]) -> str | None:
+    values = [argv[i + 1].split("=", 1)[1] for i, a in enumerate(argv[:-1])
+              if a == "--set" and argv[i + 1].startswith("accumulate=")]
+    assert len(values) <= 1, argv
+    return values[0] if values else None
+
+
+@pytest.mark.parametrize("method, gpu_mib, expected", [
+    ("simclr", [81559] * 8, None),   # 512 x 84 MiB = 42 GiB <= 75 % of 80 GB: the recipe's accumulate 1
+    ("dino", [81559] * 8, "2"),      # 512 x 130 MiB = 65 GiB > 60 GiB
+    ("simclr", [81559] * 7 + [40960], "2"),  # the smallest GPU counts
+    ("dino", [40960] * 8, "4"),
+])
+def test_gpu_run_accumulates_to_fit_the_gpus_memory(method, gpu_mib, expected, imagefolder, workdir):
+    env = _env(workdir, gpus=8, gpu_mib=gpu_mib)
+    args = _recipe_args(imagefolder, workdir, method)
+    proc = _run(PRETRAIN, [*args, "--dry-run"], env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    argv = shlex.split(proc.stdout.strip())
+    assert _accumulate(argv) == expected
+    if expected:
+        assert f"accumulate={expected} ({4096 // 8 // int(expected)} samples per GPU at a time" in proc.stderr
+        assert "the global batch stays 4096" in proc.stderr
+
+
+def test_accumulate_on_the_command_line_is_kept_and_unknown_memory_keeps_the_recipe(imagefolder, workdir):
+    env = _env(workdir, gpus=8, gpu_mib=[40960] * 8)
+    argv = _dry(PRETRAIN, [*_recipe_args(imagefolder, workdir, "dino"), "--", "accumulate=1"], env)
+    assert _accumulate(argv) == "1"
+    proc = _run(PRETRAIN, [*_recipe_args(imagefolder, workdir, "dino"), "--dry-run"], _env(workdir, gpus=8), timeout=60)
+    assert proc.returncode == 0 and _accumulate(shlex.split(proc.stdout)) is None
+    assert "GPU memory unknown" in proc.stderr
+    # a backbone without a measurement: no plan, said, the recipe's accumulate
+    proc = _run(PRETRAIN, [*_recipe_args(imagefolder, workdir, "dino"), "--dry-run", "--", "model.backbone=resnet18"],
+                env, timeout=60)
+    assert proc.returncode == 0 and _accumulate(shlex.split(proc.stdout)) is None
+    assert "no memory plan (model.backbone: no activation measurement for 'resnet18'" in proc.stderr
+
+
+def test_resumed_gpu_run_keeps_its_own_accumulate(imagefolder, workdir):
+    """Started with accumulate 4 on 40 GB GPUs, resumed on 80 GB ones: the run's 4, not a new plan (a changed
+    accumulate would be refused by --resume: it changes the result)."""
+    out = workdir / "resume_accum"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"")
+    (out / "config.yaml").write_text("method: dino\naccumulate: 4\n")
+    argv = _dry(PRETRAIN, ["dino", imagefolder, out, "--results-dir", workdir / "dry_results"],
+                _env(workdir, gpus=8, gpu_mib=[81559] * 8))
+    assert _accumulate(argv) == "4" and "--resume" in argv
