@@ -35,10 +35,11 @@ test: $(STAMP)
 
 # The book: fetch the offline JavaScript (MathJax, widget manager) into _vendor/, execute every
 # chapter (a failing cell fails the build), treat warnings as errors, and refuse any page that
-# still shows a traceback.
+# still shows a traceback. MVSSL_BOOK_BUILD=1 makes each live_or_frames control (mvssl_core/widgets.py)
+# draw its figures at build time, so it works in the HTML with no kernel.
 book: $(STAMP)
 	scripts/vendor_js.sh
-	$(BIN)/jupyter-book build . --all -W -n --keep-going
+	MVSSL_BOOK_BUILD=1 $(BIN)/jupyter-book build . --all -W -n --keep-going
 	@pages=$$(grep -rl --include='*.html' 'class="output traceback"' _build/html || true); \
 	if [ -n "$$pages" ]; then echo "make book: cell tracebacks in: $$pages" >&2; exit 1; fi
 	@echo "Book built. Open file://$(CURDIR)/_build/html/index.html"

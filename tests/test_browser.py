@@ -30,7 +30,7 @@ SCREENSHOTS = ROOT / "_build" / "screenshots"
 PAGES = [e for e in ENTRIES if _resolve(e) is not None]
 
 # Sources whose change makes the built HTML stale (chapters, config, bibliography, static files).
-BUILD_INPUTS = ["_config.yml", "_toc.yml", "book/references.bib", "book/_static"]
+BUILD_INPUTS = ["_config.yml", "_toc.yml", "book/references.bib", "book/_static", "mvssl_core/widgets.py"]
 
 # Printed on every page by the theme and sphinx-thebe; neither affects the book.
 HARMLESS = ("Identifier 'THEBE_JS_URL' has already been declared", "Got invalid theme mode")
@@ -73,8 +73,10 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def run_chromium(url: str, screenshot: Path, timeout: float = CHROMIUM_TIMEOUT_S) -> tuple[str, list[str]]:
-    """Open `url` in headless Chromium: save a screenshot, return (DOM after scripts, console lines)."""
+def run_chromium(url: str, screenshot: Path, timeout: float = CHROMIUM_TIMEOUT_S,
+                 virtual_time_ms: int = VIRTUAL_TIME_MS) -> tuple[str, list[str]]:
+    """Open `url` in headless Chromium: save a screenshot, return (DOM after scripts, console lines).
+    `virtual_time_ms` is the virtual time the page's scripts get before the DOM is dumped."""
     with tempfile.TemporaryDirectory(prefix="mvssl-chromium-") as profile:
         cmd = [
             _chromium(),
@@ -88,7 +90,7 @@ def run_chromium(url: str, screenshot: Path, timeout: float = CHROMIUM_TIMEOUT_S
             "--no-first-run",
             f"--user-data-dir={profile}",
             "--window-size=1280,2400",
-            f"--virtual-time-budget={VIRTUAL_TIME_MS}",
+            f"--virtual-time-budget={virtual_time_ms}",
             "--enable-logging=stderr",
             "--v=0",
             f"--screenshot={screenshot}",
@@ -170,6 +172,8 @@ def test_figures_are_shown(rendered, entry):
     for img in re.findall(r'<img\b[^>]*\bsrc="([^"]+)"', page.dom):
         if img.startswith("data:image/"):
             shown += len(img) > 200
+        elif img.startswith("blob:"):
+            continue  # a frame of a live panel, not a figure of the source (tests/test_browser_controls.py)
         elif not img.startswith(("http:", "https:")):
             target = (_html_path(entry).parent / img.split("?")[0]).resolve()
             assert target.is_file() and target.stat().st_size > 0, f"{entry}: missing image {img}"
@@ -181,10 +185,12 @@ def test_figures_are_shown(rendered, entry):
 def test_widgets_are_rendered(rendered, entry):
     page = rendered[entry]
     has_widgets = "application/vnd.jupyter.widget-view+json" in page.static_html
-    if "interact(" in _source(entry):
-        assert has_widgets, f"{entry}: the source has an interact but the page saved no widget state"
-    if has_widgets:
-        assert "widget-slider" in page.dom, f"{entry}: saved widgets, but no slider was rendered"
+    n_panels = _source(entry).count("live_or_frames(")
+    if n_panels:
+        assert has_widgets, f"{entry}: the source has a live_or_frames panel but the page saved no widget state"
+    if has_widgets:  # each panel rendered, with its controls (tests/test_browser_controls.py moves them)
+        assert page.dom.count("mvssl-live") >= n_panels, f"{entry}: saved widgets, but not every panel was rendered"
+        assert "mvssl-control" in page.dom, f"{entry}: saved widgets, but no control was rendered"
 
 
 @pytest.mark.parametrize("entry", PAGES)

@@ -304,6 +304,6 @@ def test_page_reads_the_library_not_its_own_rules():
 
 def test_page_has_a_slider_and_static_figures(executed):
     sources = "\n".join(c.source for c in executed.cells if c.cell_type == "code")
-    assert "widgets.IntSlider" in sources and "widgets.interact" in sources
+    assert "widgets.IntSlider" in sources and "live_or_frames(" in sources
     glued = glued_values(executed)
     assert "fig_dynamics_byol" in glued and "fig_dynamics_dino" in glued
