@@ -440,8 +440,9 @@ def decode_batch(data: Sequence[torch.Tensor], device: str | torch.device = "cud
     """Decode a batch of image files to ``(3, H, W)`` uint8 RGB tensors on ``device``.
 
     JPEGs are decoded together by ``decode_jpeg`` (nvJPEG on CUDA). If that fails (a PNG, a CMYK JPEG,
-    a broken file), the batch is decoded file by file on the CPU; a file nothing can decode is replaced by
-    another image of the batch and logged, so the batch keeps its size (as ``data.ImageFolder`` skips).
+    a broken file), the batch is decoded file by file on ``device``, and only a file the device cannot decode
+    is decoded on the CPU (``decode_image``); a file nothing can decode is replaced by another image of the
+    batch and logged, so the batch keeps its size (as ``data.ImageFolder`` skips).
     """
     device = torch.device(device)
     try:
@@ -450,6 +451,11 @@ def decode_batch(data: Sequence[torch.Tensor], device: str | torch.device = "cud
         pass
     out: list[torch.Tensor | None] = []
     for i, d in enumerate(data):
+        try:  # one odd file costs its own decoding on the CPU, not the whole batch's
+            out.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device))
+            continue
+        except RuntimeError:
+            pass
         try:
             out.append(decode_image(d, mode=ImageReadMode.RGB).to(device, non_blocking=True))
         except RuntimeError as e:

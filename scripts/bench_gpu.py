@@ -5,9 +5,9 @@ pipeline's rate from JPEG files (decoding + augmentation on the GPU vs the CPU p
     python scripts/bench_gpu.py --data /imagenet/train --workers 8 --batch 512
     python scripts/bench_gpu.py --cpu --quick                  # smoke run on CPU (ResNet-18, 32 px, batch 4)
 
-A sample is one image with all its views (2, or 2 + 6 / 2 + 8 with multi-crop): the rates are samples/s, not
-views/s. A step is what the trainer does: forward of every view (the paper's multi-crop: DINO 2 x 224 + 8 x 96,
-SwAV / DeepCluster-v2 2 x 224 + 6 x 96), loss, backward, LARS step, the after-step update (EMA teacher),
+A sample is one image with all its views (2, or 2 + 6 / 2 + 4 with multi-crop): the rates are samples/s, not
+views/s. A step is what the trainer does: forward of every view (the ImageNet recipes' crops: DINO and SwAV 2 x 224 + 6 x 96,
+DeepCluster-v2 2 x 160 + 4 x 96), loss, backward, LARS step, the after-step update (EMA teacher),
 under bf16 autocast with channels-last tensors, on synthetic views already on the device.
   - backbone(+teacher) limit: the same views through the backbone alone (forward, a trivial loss, backward, LARS
     step) and, for a method with an EMA teacher (BYOL, DINO), the teacher backbone's no-grad forward of the two
@@ -35,22 +35,23 @@ import platform
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
-from mvssl_core import gpu_views, views
+from mvssl_core import gpu_views, memory_plan, views
 from mvssl_core.backbones import build_backbone
+from mvssl_core.config import RunConfig, from_dict, read_yaml
 from mvssl_core.data import ImageFolder
 from mvssl_core.methods import METHODS, build_method
 from mvssl_core.optim import LARS, param_groups
 
 METHOD_HEADER = ("| method | samples/s | backbone(+teacher) limit samples/s | method / limit "
-                 "| heads + loss share of a step |")
+                 "| heads + loss share of a step | peak GiB at 512 / GPU, measured (planned) |")
 RECIPE = {"simclr": "simclr", "byol": "byol", "dino": "dino", "swav": "swav", "deepcluster": "deepcluster"}
-N_LOCAL = {"dino": 8, "swav": 6, "deepcluster": 6}
 
 
 class FeatureStub(nn.Module):
@@ -70,9 +71,23 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def recipe_config(name: str, size: int):
+    """The ImageNet recipe of ``name`` (scripts/configs/imagenet) with its views at ``size`` px."""
+    cfg = from_dict(RunConfig, read_yaml(memory_plan.RECIPES / f"{name}.yaml"))
+    return replace(cfg, data=replace(cfg.data, size=size))
+
+
 def view_sizes(name: str, size: int) -> list[int]:
-    family = name.removesuffix("_er")
-    return [size] * 2 + [views.local_crop_size(size)] * N_LOCAL.get(family, 0)
+    """The crops of ``name``'s ImageNet recipe, its global crops at ``size`` px (DINO 2 + 6, SwAV 2 + 6, DeepCluster-v2
+    2 x 160 + 4 x 96 at 224: :func:`mvssl_core.memory_plan.crop_sides`)."""
+    return memory_plan.crop_sides(recipe_config(name, size))
+
+
+def peak_gib_at_512(device: torch.device, batch: int) -> float | None:
+    """The peak of allocated memory since the last reset, scaled linearly to 512 samples (None off CUDA)."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2 ** 30 * 512 / batch
 
 
 def make_method(name: str, backbone: nn.Module, dim: int, dataset_size: int) -> nn.Module:
@@ -150,7 +165,10 @@ def bench_method(name: str, args, device: torch.device, autocast) -> dict[str, f
     dataset_size = max(4096, 4 * args.batch)
     method = make_method(name, backbone, dim, dataset_size)
     teacher, n_teacher = limit_teacher(method, backbone)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     full = time_steps(runner(method, lambda m: m(views_, 0.5, indices).loss), device, args.steps, args.warmup)
+    peak = peak_gib_at_512(device, args.batch)
     del method
     if teacher is not None:
         teacher = teacher.to(device).to(memory_format=fmt).train()
@@ -158,7 +176,10 @@ def bench_method(name: str, args, device: torch.device, autocast) -> dict[str, f
                                device, args.steps, args.warmup)
     stub = time_steps(runner(make_method(name, FeatureStub(dim), dim, dataset_size),
                              lambda m: m(views_, 0.5, indices).loss), device, args.steps, args.warmup)
-    return {"step_s": full, "backbone_s": backbone_only, "heads_loss_s": stub}
+    planned = (memory_plan.activation_mib(recipe_config(name, args.size)) * 512 / 1024
+               if args.backbone == "resnet50" else None)
+    return {"step_s": full, "backbone_s": backbone_only, "heads_loss_s": stub, "peak_gib_512": peak,
+            "planned_gib_512": planned}
 
 
 def write_jpegs(root: Path, n: int, height: int, width: int) -> Path:
@@ -179,7 +200,7 @@ def write_jpegs(root: Path, n: int, height: int, width: int) -> Path:
 def bench_pipelines(root: Path, recipe: str, args, device: torch.device) -> dict[str, float]:
     """Samples (images) per second from files to the recipe's views on ``device``: GPU pipeline and CPU
     pipeline, timed over ``args.pipeline_batches`` batches after :func:`pipeline_warmup_batches` untimed ones."""
-    cpu_views = views.build_views(recipe, args.size)
+    cpu_views = views.build_views(recipe, args.size, **recipe_config(recipe, args.size).data.view_kwargs)
     gpu = gpu_views.GpuMultiView.from_cpu(cpu_views)
     gen = torch.Generator(device).manual_seed(0)
     warm = pipeline_warmup_batches(args.workers)
@@ -209,6 +230,10 @@ def bench_pipelines(root: Path, recipe: str, args, device: torch.device) -> dict
     cpu_set = ImageFolder(root, transform=cpu_views)
     out["cpu_pipeline_sps"] = run(cpu_set, lambda batch: [v.to(device, non_blocking=True) for v in batch[0]])
     return out
+
+
+def _gib(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,13 +282,14 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.warmup} warm-up + {args.steps} timed step(s)")
     print()
     print(METHOD_HEADER)
-    print("|---|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|")
     step_rate = {}
     for name in args.methods:
         r = bench_method(name, args, device, autocast)
         step_rate[name] = args.batch / r["step_s"]
         print(f"| {name} | {args.batch / r['step_s']:.0f} | {args.batch / r['backbone_s']:.0f} "
-              f"| {r['backbone_s'] / r['step_s']:.1%} | {r['heads_loss_s'] / r['step_s']:.1%} |", flush=True)
+              f"| {r['backbone_s'] / r['step_s']:.1%} | {r['heads_loss_s'] / r['step_s']:.1%} "
+              f"| {_gib(r['peak_gib_512'])} ({_gib(r['planned_gib_512'])}) |", flush=True)
     if args.no_pipeline:
         return 0
 

@@ -32,7 +32,7 @@ def test_cpu_quick_smoke_run():
     assert "img/s" not in out and "1 warm-up + 1 timed batches" in out
     for m in methods:
         row = next(line for line in out.splitlines() if line.startswith(f"| {m} |"))
-        assert row.count("|") == 6 and row.rstrip().endswith("% |")
+        assert row.count("|") == 7 and row.rstrip().endswith("| n/a (n/a) |")  # no peak memory off CUDA
     for recipe in ("simclr", "byol", "dino", "swav", "deepcluster"):
         assert any(line.startswith(f"| {recipe} |") and line.count("|") == 6 for line in out.splitlines()
                    if "." in line)
@@ -96,3 +96,30 @@ def test_pipeline_warmup_drains_the_prefetched_batches():
     assert bench.pipeline_warmup_batches(8) == 17 and bench.pipeline_warmup_batches(8, 4) == 33
     assert bench.pipeline_warmup_batches(0) == 1
     assert "img/s" not in bench.METHOD_HEADER and bench.METHOD_HEADER.count("samples/s") == 2
+
+
+def test_views_are_the_imagenet_recipes_crops():
+    """The bench times the crops the recipes train with (before: DINO 2 + 8, DeepCluster 2 x 224 + 6 x 96)."""
+    bench = load_bench()
+    assert bench.view_sizes("dino_er", 224) == [224, 224] + [96] * 6
+    assert bench.view_sizes("deepcluster", 224) == [160, 160] + [96] * 4
+    assert bench.view_sizes("simclr", 32) == [32, 32]
+    assert bench.peak_gib_at_512(torch.device("cpu"), 4) is None
+
+
+def test_check_gpu_reads_the_targets_from_its_logs(tmp_path):
+    """scripts/check_gpu.sh's last part: the issue's targets judged from bench_gpu's table (the columns this
+    script prints) and the decode rate; a row that misses a target says NOT met."""
+    text = (Path(__file__).resolve().parents[1] / "scripts" / "check_gpu.sh").read_text()
+    tail = text[text.index("== targets"):]
+    code = tail[tail.index("<<'EOF'\n") + 8: tail.index("\nEOF\n")]
+    header = load_bench().METHOD_HEADER
+    (tmp_path / "bench_gpu.log").write_text(
+        f"{header}\n|---|---:|---:|---:|---:|---:|\n| dino | 1400 | 1500 | 93.3% | 2.1% | 60.2 (65.4) |\n"
+        "| simclr | 1700 | 1750 | 97.1% | 4.0% | n/a (42.0) |\n")
+    (tmp_path / "decode_rate.log").write_text("decode: 3000 images/s (500 x 375 JPEGs, batches of 64)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True).stdout
+    lines = out.splitlines()
+    assert lines[0].startswith("dino: step 93.3% ") and lines[0].endswith("60.2 (65.4): met")
+    assert lines[1].startswith("simclr: ") and lines[1].endswith("NOT met")  # heads + loss 4.0 % > 3 %
+    assert lines[2] == "decode 3000 images/s = 1.8 x the fastest method's 1700 samples/s (>= 2): NOT met"

@@ -306,6 +306,22 @@ def test_decode_falls_back_for_png_and_replaces_broken_files(caplog):
     assert torch.equal(out[2], out[0]) and "undecodable" in caplog.text
 
 
+def test_one_odd_file_sends_only_itself_to_the_cpu_decoder(monkeypatch):
+    """A PNG in a batch of JPEGs: the JPEGs are still decoded by decode_jpeg (nvJPEG on CUDA), only the PNG by the
+    CPU's decode_image (before: the whole batch was decoded again on the CPU, issue 13 item 9)."""
+    buf = io.BytesIO()
+    Image.fromarray(_smooth()).save(buf, format="PNG")
+    data = [torch.frombuffer(bytearray(x), dtype=torch.uint8)
+            for x in (_jpeg(_smooth()), buf.getvalue(), _jpeg(_smooth(40, 30)), _jpeg(_smooth()))]
+    on_cpu = []
+    decode_image = gpu_views.decode_image
+    monkeypatch.setattr(gpu_views, "decode_image", lambda d, **kw: on_cpu.append(len(d)) or decode_image(d, **kw))
+    out = gpu_views.decode_batch(data, "cpu")
+    assert on_cpu == [len(data[1])]
+    assert [tuple(im.shape) for im in out] == [(3, 48, 64), (3, 48, 64), (3, 40, 30), (3, 48, 64)]
+    assert torch.equal(out[1], torch.from_numpy(_smooth()).permute(2, 0, 1))
+
+
 def test_jpeg_bytes_dataset_and_collate(tmp_path):
     for c in ("a", "b"):
         (tmp_path / c).mkdir()
