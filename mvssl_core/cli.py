@@ -159,19 +159,20 @@ def _flag_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _pretrain(args: argparse.Namespace, command: str) -> int:
-    from mvssl_core import train as train_mod
+    from mvssl_core import runstate
     from mvssl_core.config import dump_yaml
+    from mvssl_core.train import train
 
     overrides = _flag_overrides(args) + list(args.overrides)
     base = None
     if args.resume:
         # the checkpoint's configuration is the base; the flags may only change what does not alter the result
         probe_cfg = load_config(args.config, overrides)
-        run = train_mod.run_folder(probe_cfg)
-        ckpt = run / train_mod.CHECKPOINT_NAME
+        run = runstate.run_folder(probe_cfg)
+        ckpt = run / runstate.CHECKPOINT_NAME
         if not ckpt.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}; pass the run's --out, or start without --resume")
-        base = to_dict(train_mod.checkpoint_config(train_mod.load_checkpoint(ckpt), str(ckpt)))
+        base = to_dict(runstate.checkpoint_config(runstate.load_checkpoint(ckpt), str(ckpt)))
         base["out"] = str(run)
         _stored_results_file(base.get("results_file"), _names_results_file(args.config, overrides), ckpt)
     elif args.method is None and args.config is None and not any(o.startswith("method=") for o in args.overrides):
@@ -180,7 +181,7 @@ def _pretrain(args: argparse.Namespace, command: str) -> int:
     if args.print_config:
         print(dump_yaml(to_dict(cfg)), end="")
         return 0
-    record = train_mod.train(cfg, resume=args.resume, stop_after=args.stop_after, command=command)
+    record = train(cfg, resume=args.resume, stop_after=args.stop_after, command=command)
     if record is not None:
         final = record["metrics"]["final"]
         print(json.dumps({"run": str(cfg.run_dir()), **final}))
@@ -213,7 +214,9 @@ def _evaluate(args: argparse.Namespace, command: str) -> int:
 
     from mvssl_core import results, runlock
     from mvssl_core.config import apply_overrides
-    from mvssl_core.train import CHECKPOINT_NAME, Runtime, checkpoint_config, evaluate_run, load_checkpoint, run_record
+    from mvssl_core.dist import Runtime
+    from mvssl_core.evaluate import evaluate_run
+    from mvssl_core.runstate import CHECKPOINT_NAME, checkpoint_config, load_checkpoint, run_record
 
     if args.results is not None and not args.results.strip():
         raise ConfigError("--results is empty; name the results file to write (e.g. --results runs/x/eval.json), "
@@ -248,7 +251,7 @@ def _load_backbone(state: dict, cfg: RunConfig, source: object):
     import torch
 
     from mvssl_core.backbones import build_backbone
-    from mvssl_core.train import CheckpointError
+    from mvssl_core.runstate import CheckpointError
 
     backbone, feature_dim = build_backbone(cfg.model.backbone, **cfg.model.kwargs)
     prefix = "backbone."
@@ -281,20 +284,12 @@ def _linear_eval_locked(args: argparse.Namespace, command: str) -> int:
     from pathlib import Path
 
     import torch
-    import torch.distributed as torch_dist
 
-    from mvssl_core import results
+    from mvssl_core import dist, results
+    from mvssl_core.build import build_eval_sets, n_classes
     from mvssl_core.config import apply_overrides
     from mvssl_core.evaluate import LINEAR_EVAL_CHECKPOINT, linear_eval, linear_eval_train_transform
-    from mvssl_core.train import (
-        CHECKPOINT_NAME,
-        RESULTS_NAME,
-        _init_runtime,
-        _n_classes,
-        build_eval_sets,
-        checkpoint_config,
-        load_checkpoint,
-    )
+    from mvssl_core.runstate import CHECKPOINT_NAME, RESULTS_NAME, CheckpointError, checkpoint_config, load_checkpoint
     from mvssl_core.views import IMAGENET_NORMALIZE
 
     run = Path(args.run)
@@ -307,8 +302,6 @@ def _linear_eval_locked(args: argparse.Namespace, command: str) -> int:
     state = load_checkpoint(ckpt)
     steps = finished.get("metrics", {}).get("steps")
     if isinstance(steps, int) and state["step"] != steps:
-        from mvssl_core.train import CheckpointError
-
         raise CheckpointError(f"{ckpt} is at step {state['step']} but {res_path} records a run of {steps} steps: "
                               "the checkpoint is not the finished run's (edited, or written by another run)")
     values = to_dict(checkpoint_config(state, str(ckpt)))
@@ -320,7 +313,7 @@ def _linear_eval_locked(args: argparse.Namespace, command: str) -> int:
     protocol_ckpt = run / LINEAR_EVAL_CHECKPOINT
     source = {"run_step": state["step"], "model_sha256": state.get("sha256", {}).get("model"),
               "data.name": cfg.data.name, "data.root": cfg.data.root, "data.size": cfg.data.size}
-    rt = _init_runtime(cfg)
+    rt = dist.init_runtime(cfg)
     try:
         backbone, feature_dim = _load_backbone(state, cfg, ckpt)
         del state
@@ -336,13 +329,12 @@ def _linear_eval_locked(args: argparse.Namespace, command: str) -> int:
             if main_rank and not args.quiet:
                 print(json.dumps({"linear_eval": row}), file=sys.stderr, flush=True)
 
-        out = linear_eval(backbone, train_set, val_set, n_classes=_n_classes(train_set), feature_dim=feature_dim,
+        out = linear_eval(backbone, train_set, val_set, n_classes=n_classes(train_set), feature_dim=feature_dim,
                           device=rt.device, num_workers=cfg.num_workers, bf16=rt.bf16,
                           channels_last=rt.channels_last, seed=cfg.seed, log=_log, checkpoint=protocol_ckpt,
                           checkpoint_settings=source, **protocol)
     finally:
-        if rt.owns_group and torch_dist.is_initialized():
-            torch_dist.destroy_process_group()
+        dist.end_runtime(rt)
     if rt.rank != 0:
         return 0
     record = results.load_results(res_path)
@@ -406,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mvssl_core.preempt import EXIT_STOPPED, Stopped
     from mvssl_core.results import ResultsError
-    from mvssl_core.train import CheckpointError  # imports torch: after --help has been served
+    from mvssl_core.runstate import CheckpointError  # imports torch: after --help has been served
     command = shlex.join(["python", "-m", "mvssl_core", *argv])
     try:
         if args.command == "pretrain":

@@ -42,6 +42,7 @@ from typing import Any, Union
 import yaml
 
 from mvssl_core.atomic import atomic_write
+from mvssl_core.errors import ConfigError
 
 __all__ = [
     "ConfigError",
@@ -83,10 +84,6 @@ overflows float32 (AdamW failed on 1e38 with a RuntimeError)."""
 
 MAX_SIZE = 4096
 """Largest ``data.size`` in px (one 4096 x 4096 view is already 200 MB in float32)."""
-
-
-class ConfigError(ValueError):
-    """A configuration key or value that is unknown, of the wrong type, or out of range."""
 
 
 @dataclass

@@ -24,6 +24,11 @@ so that a stopped or crashed rank ends the others' wait at a collective with an 
 It bounds every collective, so it must exceed the longest time one rank works alone between two of
 them (rank 0 writing a checkpoint, a DeepCluster re-clustering); raise it for a slow file system. (With
 NCCL the timeout is enforced by its watchdog, on by default since torch 2.2.)
+
+Process group. :func:`init_runtime` picks a process's device and precision and, under ``torchrun``
+(``WORLD_SIZE > 1``), initialises the process group with NCCL on GPU and gloo on CPU; :func:`end_runtime`
+destroys a group that :func:`init_runtime` initialised. Collectives without gradients (in place or on
+Python objects) are :func:`all_reduce_`, :func:`broadcast_objects` and :func:`all_gather_objects`.
 """
 
 from __future__ import annotations
@@ -32,10 +37,17 @@ import datetime
 import logging
 import math
 import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as torch_dist
 from torch import nn
+
+from mvssl_core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mvssl_core.config import RunConfig
 
 __all__ = [
     "is_distributed",
@@ -48,6 +60,12 @@ __all__ = [
     "global_mean",
     "local_slice",
     "broadcast_",
+    "all_reduce_",
+    "broadcast_objects",
+    "all_gather_objects",
+    "Runtime",
+    "init_runtime",
+    "end_runtime",
     "sync_batchnorm",
     "process_group_timeout",
     "TIMEOUT_ENV",
@@ -69,8 +87,6 @@ def process_group_timeout() -> datetime.timedelta:
     Raises:
         ConfigError: the variable is not a finite number of seconds > 0 (at most a year).
     """
-    from mvssl_core.config import ConfigError
-
     text = os.environ.get(TIMEOUT_ENV, "").strip()
     if not text:
         return datetime.timedelta(seconds=DEFAULT_TIMEOUT_S)
@@ -239,3 +255,85 @@ def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
                         "BatchNorm statistics (each process normalises over its own share of the batch)", kind)
         return module
     return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+
+
+@torch.no_grad()
+def all_reduce_(x: torch.Tensor) -> torch.Tensor:
+    """In place: ``x`` becomes its sum over all ranks; returns ``x``. No gradient; the identity when not
+    distributed."""
+    if is_distributed():
+        torch_dist.all_reduce(x, op=torch_dist.ReduceOp.SUM)
+    return x
+
+
+def broadcast_objects(objects: list[Any], src: int = 0) -> list[Any]:
+    """In place: every rank's list ``objects`` becomes rank ``src``'s (picklable objects, the same length on
+    every rank); returns it. The identity when not distributed."""
+    if is_distributed():
+        torch_dist.broadcast_object_list(objects, src=src)
+    return objects
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order: ``[obj]`` when not distributed."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * torch_dist.get_world_size()
+    torch_dist.all_gather_object(out, obj)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# the process group of a run
+
+
+@dataclass
+class Runtime:
+    """Where and how this process runs: its device, rank and world size, whether a process group couples it
+    to others, bf16 autocast and channels-last, and whether :func:`init_runtime` initialised the group
+    (``owns_group``: :func:`end_runtime` then destroys it)."""
+
+    device: torch.device
+    rank: int
+    world_size: int
+    distributed: bool
+    bf16: bool
+    channels_last: bool
+    owns_group: bool
+
+
+def init_runtime(cfg: RunConfig) -> Runtime:
+    """The device, precision and process group of this process (the group initialised under torchrun, with the
+    timeout of :func:`process_group_timeout`).
+
+    Raises:
+        ConfigError: ``device`` is 'cuda' without a CUDA device, or ``precision`` is 'bf16' on the CPU.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device is 'cuda' but no CUDA device is available (use device: auto or cpu)")
+    if want_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    owns = False
+    if world > 1 and not torch_dist.is_initialized():
+        # a bounded wait (dist.process_group_timeout): a stopped rank ends the others' runs within minutes
+        torch_dist.init_process_group(backend="nccl" if want_cuda else "gloo", timeout=process_group_timeout())
+        owns = True
+    distributed = is_distributed()
+    on_gpu = device.type == "cuda"
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and on_gpu)
+    if bf16 and not on_gpu:
+        raise ConfigError("precision 'bf16' is for GPU runs; use precision: auto or fp32 on CPU")
+    channels_last = on_gpu if cfg.channels_last is None else cfg.channels_last
+    return Runtime(device, rank(), world_size(), distributed, bf16, channels_last, owns)
+
+
+def end_runtime(rt: Runtime) -> None:
+    """Destroy the process group if :func:`init_runtime` initialised it (``rt.owns_group``)."""
+    if rt.owns_group and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()

@@ -16,6 +16,8 @@
   ``torchrun``, on all of them (each rank encodes its slice of the global batch; the head's gradients
   are averaged), which is what ``scripts/linear_eval.sh`` launches. Given a checkpoint file it saves
   its state every epoch and resumes from it with the numbers of an uninterrupted run.
+- :func:`evaluate_run` is the end of a pre-training run: kNN and linear-probe accuracy of its backbone on
+  the evaluation splits of its configuration.
 
 [0] Caron et al., "Emerging Properties in Self-Supervised Vision Transformers" (DINO), ICCV 2021,
     Sec. 4.1 and its ``eval_knn.py``.
@@ -31,12 +33,17 @@ import os
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+
+if TYPE_CHECKING:
+    from mvssl_core.config import RunConfig
+    from mvssl_core.dist import Runtime
 
 from mvssl_core import _checks
 
@@ -52,6 +59,7 @@ __all__ = [
     "LINEAR_EVAL_CHECKPOINT",
     "topk_correct",
     "SKLEARN_MAX_SAMPLES",
+    "evaluate_run",
 ]
 
 SKLEARN_MAX_SAMPLES = 20_000
@@ -381,7 +389,7 @@ def _save_linear_eval_checkpoint(path: Path, state: dict) -> None:
 
 def _load_linear_eval_checkpoint(path: Path, settings: dict) -> dict:
     """The checkpoint at ``path``, checked: its format, fields, and settings equal to ``settings``."""
-    from mvssl_core.train import CheckpointError
+    from mvssl_core.runstate import CheckpointError
 
     over = "; delete it to start the protocol over"
     try:
@@ -448,7 +456,7 @@ def linear_eval(
     (:func:`linear_eval_train_transform`), ``val_set`` centre crops (:func:`mvssl_core.views.eval_transform`).
 
     Under an initialised process group each rank encodes its slice of every global batch of
-    ``batch_size`` (:class:`mvssl_core.train.GlobalBatchSampler`), the head's gradients are averaged
+    ``batch_size`` (:class:`mvssl_core.sampler.GlobalBatchSampler`), the head's gradients are averaged
     over the ranks, and the validation set is split between the ranks with the counts summed, so
     every rank returns the same numbers. The incomplete last batch of each (shuffled) epoch is dropped.
 
@@ -466,7 +474,7 @@ def linear_eval(
             main process) and the settings. If it exists, the protocol resumes from it and ends with the
             same numbers as an uninterrupted one (bitwise on the CPU); a file written with other settings
             (the recipe, ``n_classes``, ``feature_dim``, the data sizes, the world size, and
-            ``checkpoint_settings``) raises :class:`mvssl_core.train.CheckpointError`. It is left in place:
+            ``checkpoint_settings``) raises :class:`mvssl_core.runstate.CheckpointError`. It is left in place:
             the caller deletes it once the results are stored.
         checkpoint_settings: more settings a resume must match (e.g. which encoder and data).
 
@@ -475,11 +483,9 @@ def linear_eval(
         images, last epoch) and the recipe (``epochs``, ``batch_size``, ``lr``, ``n_train``,
         ``n_val``, ``world_size``).
     """
-    import torch.distributed as torch_dist
-
     from mvssl_core import dist
     from mvssl_core.optim import scaled_lr, warmup_cosine
-    from mvssl_core.train import GlobalBatchSampler
+    from mvssl_core.sampler import GlobalBatchSampler
 
     _checks.positive_int(n_classes, "n_classes", minimum=2)
     _checks.positive_int(feature_dim, "feature_dim")
@@ -517,8 +523,7 @@ def linear_eval(
                 found[0] = _load_linear_eval_checkpoint(checkpoint, settings) if checkpoint.exists() else None
             except Exception as e:
                 found[1] = e
-        if world > 1:
-            torch_dist.broadcast_object_list(found, src=0)
+        dist.broadcast_objects(found, src=0)
         if found[1] is not None:
             raise found[1]
         resumed = found[0]
@@ -559,7 +564,7 @@ def linear_eval(
                 loss.backward()
                 if world > 1:  # the mean over the global batch: average the ranks' gradients
                     for p in head.parameters():
-                        torch_dist.all_reduce(p.grad)
+                        dist.all_reduce_(p.grad)
                         p.grad /= world
                 opt.step()
                 step += 1
@@ -567,14 +572,10 @@ def linear_eval(
                     sums += torch.stack([loss.detach() * labels.shape[0],
                                          (logits.argmax(1) == labels).sum().float(),
                                          torch.tensor(float(labels.shape[0]), device=device)])
-            if world > 1:
-                torch_dist.all_reduce(sums)
+            dist.all_reduce_(sums)
             out = {"epoch": epoch + 1, "train_loss": float(sums[0] / sums[2]), "train_top1": float(sums[1] / sums[2])}
             if checkpoint is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
-                rng = [torch.get_rng_state()]
-                if world > 1:
-                    rng = [None] * world
-                    torch_dist.all_gather_object(rng, torch.get_rng_state())
+                rng = dist.all_gather_objects(torch.get_rng_state())
                 if rank == 0:
                     _save_linear_eval_checkpoint(checkpoint, {
                         "format": _LINEAR_EVAL_FORMAT, "settings": settings, "epoch": epoch + 1, "step": step,
@@ -592,8 +593,7 @@ def linear_eval(
             with torch.no_grad():
                 c1, c5 = topk_correct(head(_features(images)), labels, (1, 5))
             counts += torch.tensor([c1, c5, labels.shape[0]], dtype=torch.float32, device=device)
-        if world > 1:
-            torch_dist.all_reduce(counts)
+        dist.all_reduce_(counts)
     finally:
         backbone.train(was_training)
         for p, g in zip(backbone.parameters(), grads_were):
@@ -613,3 +613,23 @@ def linear_eval(
         "n_val": n_val,
         "world_size": world,
     }
+
+
+def evaluate_run(cfg: RunConfig, backbone: nn.Module, rt: Runtime | None = None) -> dict[str, float]:
+    """kNN and linear-probe accuracy of the backbone on the run's evaluation splits (empty if both off).
+
+    Runs on ``rt.device`` (the CPU without ``rt``), loading images with ``cfg.num_workers`` processes.
+    """
+    from mvssl_core.build import build_eval_sets
+    from mvssl_core.sampler import worker_init
+
+    if not (cfg.eval.knn or cfg.eval.linear):
+        return {}
+    device = rt.device if rt is not None else torch.device("cpu")
+    train_set, test_set = build_eval_sets(cfg)
+    return evaluate_backbone(
+        backbone, train_set, test_set, knn=cfg.eval.knn, linear=cfg.eval.linear, k=cfg.eval.k,
+        temperature=cfg.eval.temperature, max_train=cfg.eval.max_train, batch_size=cfg.eval.batch_size,
+        device=device, num_workers=cfg.num_workers, bf16=bool(rt and rt.bf16),
+        channels_last=bool(rt and rt.channels_last), seed=cfg.seed, worker_init_fn=worker_init,
+    )

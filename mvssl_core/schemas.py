@@ -47,7 +47,7 @@ DEFS = {
         "additionalProperties": {"$ref": "#/$defs/curve"},
         "description": "an object of logged curves with a 'step' list",
     },
-    # accuracies of mvssl_core.train.evaluate_run (and the online probe): fractions, never percentages
+    # accuracies of mvssl_core.evaluate.evaluate_run (and the online probe): fractions, never percentages
     "final": {
         "type": "object",
         "properties": {"n_train": {"$ref": "#/$defs/size"}, "n_test": {"$ref": "#/$defs/size"}},
@@ -104,7 +104,7 @@ RECORD = _record("any results record (mvssl-results/1)",
                  {"type": "object", "minProperties": 1, "description": "a non-empty object"})
 
 RUN = _record(
-    "one training run (mvssl_core.train.run_record), or one evaluation (mvssl_core evaluate --results)",
+    "one training run (mvssl_core.runstate.run_record), or one evaluation (mvssl_core evaluate --results)",
     {
         "type": "object", "required": ["final"], "minProperties": 1,
         "properties": {

@@ -317,8 +317,8 @@ def _data(s: Scale) -> dict:
 
 @functools.lru_cache(maxsize=None)
 def _n_train(data: str, root: str, size: int, n: int | None = None) -> int:
+    from mvssl_core.build import build_train_set
     from mvssl_core.config import RunConfig, from_dict
-    from mvssl_core.train import build_train_set
 
     return len(build_train_set(from_dict(RunConfig, {"data": {"name": data, "root": root, "size": size, "n": n}})))
 
@@ -381,8 +381,9 @@ def _random_init(seed: int, s: Scale) -> dict:
     """kNN and linear-probe accuracy of the backbone at random initialisation (same seed as the runs)."""
     import torch
 
+    from mvssl_core.build import build_model, build_train_set
     from mvssl_core.config import RunConfig, from_dict
-    from mvssl_core.train import build_model, build_train_set, evaluate_run
+    from mvssl_core.evaluate import evaluate_run
 
     torch.set_num_threads(1)
     values = run_config(Run("random", "simclr", "simclr", "random init", seed, s.batch_size, s.epochs,

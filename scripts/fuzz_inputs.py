@@ -1172,7 +1172,7 @@ def _edit_checkpoint(path: Path, edit: Callable[[dict], None], rehash: bool = Tr
     not the hash check (which the cases without ``rehash`` exercise)."""
     import torch
 
-    from mvssl_core.train import save_checkpoint
+    from mvssl_core.runstate import save_checkpoint
 
     state = torch.load(path, map_location="cpu", weights_only=True)
     edit(state)

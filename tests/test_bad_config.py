@@ -36,7 +36,8 @@ from mvssl_core.config import (
     save_config,
     validate,
 )
-from mvssl_core.train import CHECKPOINT_NAME, RESULTS_NAME, DivergenceError, load_checkpoint
+from mvssl_core.runstate import CHECKPOINT_NAME, RESULTS_NAME, load_checkpoint
+from mvssl_core.train import DivergenceError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -327,26 +328,26 @@ def test_non_finite_batchnorm_statistics_are_never_checkpointed(tmp_path, monkey
 @pytest.mark.parametrize("env, seconds", [(None, dist.DEFAULT_TIMEOUT_S), ("42", 42.0), (" 0.5 ", 0.5)])
 def test_process_group_gets_a_timeout(env, seconds, monkeypatch):
     calls = []
-    monkeypatch.setattr(train_mod.torch_dist, "init_process_group", lambda **kw: calls.append(kw))
-    monkeypatch.setattr(train_mod.torch_dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist.torch_dist, "init_process_group", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(dist.torch_dist, "is_initialized", lambda: False)
     monkeypatch.setenv("WORLD_SIZE", "2")
     if env is None:
         monkeypatch.delenv(dist.TIMEOUT_ENV, raising=False)
     else:
         monkeypatch.setenv(dist.TIMEOUT_ENV, env)
-    rt = train_mod._init_runtime(load_config(None, ["device=cpu"]))
+    rt = dist.init_runtime(load_config(None, ["device=cpu"]))
     assert calls == [{"backend": "gloo", "timeout": datetime.timedelta(seconds=seconds)}] and rt.owns_group
     assert dist.DEFAULT_TIMEOUT_S == 600.0  # 10 minutes, not torch's 30
 
 
 @pytest.mark.parametrize("env", ["0", "-5", "nan", "inf", "soon", "1e9"])
 def test_bad_timeout_variable_is_refused_by_name(env, monkeypatch):
-    monkeypatch.setattr(train_mod.torch_dist, "init_process_group", lambda **kw: pytest.fail("initialised"))
-    monkeypatch.setattr(train_mod.torch_dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist.torch_dist, "init_process_group", lambda **kw: pytest.fail("initialised"))
+    monkeypatch.setattr(dist.torch_dist, "is_initialized", lambda: False)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv(dist.TIMEOUT_ENV, env)
     with pytest.raises(ConfigError, match=rf"{dist.TIMEOUT_ENV} must be a number of seconds > 0"):
-        train_mod._init_runtime(load_config(None, ["device=cpu"]))
+        dist.init_runtime(load_config(None, ["device=cpu"]))
 
 
 

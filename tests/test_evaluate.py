@@ -215,7 +215,7 @@ def test_evaluation_splits_with_other_class_folders_are_refused(tmp_path, train,
     from PIL import Image
 
     from mvssl_core.config import ConfigError, RunConfig, from_dict
-    from mvssl_core.train import build_eval_sets
+    from mvssl_core.build import build_eval_sets
 
     for split, classes in (("train", train), ("val", val)):
         for c in classes:
@@ -303,7 +303,8 @@ def test_evaluate_run_extracts_on_the_run_device_with_the_configured_workers(tmp
     """evaluate_run loaded the evaluation images in the main process (num_workers=0) whatever the config."""
     from mvssl_core import evaluate
     from mvssl_core.config import RunConfig, from_dict
-    from mvssl_core.train import Runtime, evaluate_run
+    from mvssl_core.dist import Runtime
+    from mvssl_core.evaluate import evaluate_run
 
     seen = {}
     monkeypatch.setattr(evaluate, "evaluate_backbone", lambda *a, **kw: seen.update(kw) or {"knn_top1": 0.5})
@@ -343,7 +344,7 @@ class _Killed(Exception):
 
 def test_linear_eval_resumes_from_its_checkpoint_with_the_uninterrupted_numbers(tmp_path):
     from mvssl_core.evaluate import linear_eval
-    from mvssl_core.train import CheckpointError
+    from mvssl_core.runstate import CheckpointError
 
     train, val = _Augmented(_image_clusters(16, 8, seed=1)), _image_clusters(8, 8, seed=2)
     kw = dict(n_classes=8, feature_dim=18, epochs=4, batch_size=32, lr=1.0, seed=0)
@@ -399,7 +400,8 @@ def test_linear_eval_command_resumes_an_interrupted_protocol(tmp_path, monkeypat
     from mvssl_core import evaluate
     from mvssl_core.cli import main
     from mvssl_core.results import load_results
-    from mvssl_core.train import RESULTS_NAME, train
+    from mvssl_core.runstate import RESULTS_NAME
+    from mvssl_core.train import train
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from test_train import _cfg

@@ -402,7 +402,8 @@ def _train_values(root, out, **top) -> dict:
 def test_trainer_runs_and_resumes_exactly_with_the_gpu_pipeline(tmp_path, monkeypatch):
     from mvssl_core import train as train_mod
     from mvssl_core.config import load_config
-    from mvssl_core.train import CHECKPOINT_NAME, load_checkpoint, train
+    from mvssl_core.runstate import CHECKPOINT_NAME, load_checkpoint
+    from mvssl_core.train import train
 
     decoded = []
     monkeypatch.setattr(train_mod, "decode_batch", lambda d, dev: decoded.append(len(d)) or gpu_views.decode_batch(d, dev))
@@ -429,7 +430,9 @@ def test_trainer_batched_views_of_in_memory_images(tmp_path, data):
     (no decoding), a run resumes exactly, and the batched views follow the dataset's own images."""
     from mvssl_core.config import load_config
     from mvssl_core.data import build_dataset
-    from mvssl_core.train import CHECKPOINT_NAME, build_train_set, load_checkpoint, train
+    from mvssl_core.build import build_train_set
+    from mvssl_core.runstate import CHECKPOINT_NAME, load_checkpoint
+    from mvssl_core.train import train
 
     top = dict(data={"name": data, "size": 16, "n": 40, "gpu_pipeline": True}, batch_size=8)
     cfg = load_config(None, base=_train_values(tmp_path, tmp_path / "straight", **top))

@@ -64,11 +64,12 @@ def test_every_recipe_is_the_er_papers_setup(method):
 def test_every_recipe_makes_its_views_on_the_gpu_of_a_cuda_run(method):
     """``data.gpu_pipeline: auto``: on the device under CUDA (CPU workers would need 50-115 cores per GPU,
     issue 13), the per-item CPU views on CPU; the recipe's views exist as batched device views."""
-    from mvssl_core.train import Runtime, _use_gpu_pipeline
+    from mvssl_core.build import use_gpu_pipeline
+    from mvssl_core.dist import Runtime
 
     cfg = recipe(method)
     assert cfg.data.gpu_pipeline == "auto"
-    on = {d: _use_gpu_pipeline(cfg, Runtime(torch.device(d), 0, 1, False, False, False, False)) for d in ("cuda", "cpu")}
+    on = {d: use_gpu_pipeline(cfg, Runtime(torch.device(d), 0, 1, False, False, False, False)) for d in ("cuda", "cpu")}
     assert on == {"cuda": True, "cpu": False}
     views = build_views(cfg.data.views or method.removesuffix("_er"), cfg.data.size, **cfg.data.view_kwargs)
     assert len(GpuMultiView.from_cpu(views).specs) == len(views.transforms) >= 2

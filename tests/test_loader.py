@@ -15,9 +15,15 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from mvssl_core import build as build_mod
+from mvssl_core import dist, gpu_views
+from mvssl_core import sampler as sampler_mod
 from mvssl_core import train as train_mod
 from mvssl_core.config import load_config
-from mvssl_core.train import CHECKPOINT_NAME, GlobalBatchSampler, Runtime, load_checkpoint, train
+from mvssl_core.dist import Runtime
+from mvssl_core.runstate import CHECKPOINT_NAME, load_checkpoint
+from mvssl_core.sampler import GlobalBatchSampler
+from mvssl_core.train import train
 
 
 @pytest.fixture(autouse=True)
@@ -96,7 +102,7 @@ def test_persistent_workers_draw_each_epochs_views_and_equal_the_main_process(tm
     runs = {}
     for workers in (0, 2):
         rec = _Recorder()
-        monkeypatch.setattr(train_mod, "DataLoader", rec.cls)
+        monkeypatch.setattr(sampler_mod, "DataLoader", rec.cls)
         train(_cfg(tmp_path / f"w{workers}", num_workers=workers))
         assert len(rec.loaders) == 1  # built once, not once an epoch
         assert rec.loaders[0]["persistent_workers"] is (workers > 0)
@@ -134,7 +140,7 @@ def test_gpu_pipeline_with_persistent_workers_equals_no_workers(tmp_path, monkey
     counts = []
     for workers in (0, 2):
         rec = _Recorder()
-        monkeypatch.setattr(train_mod, "DataLoader", rec.cls)
+        monkeypatch.setattr(sampler_mod, "DataLoader", rec.cls)
         train(_cfg(tmp_path / f"w{workers}", num_workers=workers, data={"gpu_pipeline": True}))
         counts.append(len(rec.loaders))
         assert all(v.dtype == torch.uint8 for views, _ in rec.batches for v in views)  # images, not views
@@ -162,7 +168,7 @@ def _runtime(device: str) -> Runtime:
 ])
 def test_auto_gpu_pipeline_follows_the_device(tmp_path, data, setting, device, expected):
     cfg = _cfg(tmp_path, data={"name": data, "gpu_pipeline": setting})
-    assert train_mod._use_gpu_pipeline(cfg, _runtime(device)) is expected
+    assert build_mod.use_gpu_pipeline(cfg, _runtime(device)) is expected
 
 
 def test_auto_on_a_cuda_runtime_builds_the_device_pipeline(tmp_path, monkeypatch):
@@ -178,12 +184,12 @@ def test_auto_on_a_cuda_runtime_builds_the_device_pipeline(tmp_path, monkeypatch
     folder = {"name": "imagefolder", "root": str(tmp_path / "images"), "gpu_pipeline": "auto"}
     train(_cfg(tmp_path / "cpu", data={"gpu_pipeline": "auto"}, steps=1))  # shapes on CPU: trains
     # imagefolder on a CUDA runtime (no GPU here: stop once the data set is built)
-    monkeypatch.setattr(train_mod, "_init_runtime", lambda cfg: _runtime("cuda"))
+    monkeypatch.setattr(dist, "init_runtime", lambda cfg: _runtime("cuda"))
     monkeypatch.setattr(train_mod, "build_model", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("stop here")))
     with pytest.raises(RuntimeError, match="stop here"):
         train(_cfg(tmp_path / "cuda", data=folder, batch_size=2))
     assert built == [("shapes", False), ("imagefolder", True)]
-    assert isinstance(original(_cfg(tmp_path, data=folder), True), train_mod.JpegBytes)
+    assert isinstance(original(_cfg(tmp_path, data=folder), True), gpu_views.JpegBytes)
 
 
 class _Stalling(torch.utils.data.Dataset):
@@ -210,7 +216,7 @@ def test_a_worker_that_sends_nothing_ends_the_run_instead_of_waiting_forever(tmp
     worker that dropped its batch left the run waiting without end."""
     import time
 
-    monkeypatch.setattr(train_mod, "LOADER_TIMEOUT_S", 2)
+    monkeypatch.setattr(sampler_mod, "LOADER_TIMEOUT_S", 2)
     build = train_mod.build_train_set
     monkeypatch.setattr(train_mod, "build_train_set", lambda *a, **k: _Stalling(build(*a, **k)))
     before = set(multiprocessing.active_children())

@@ -21,7 +21,8 @@ import torch
 
 from mvssl_core import preempt
 from mvssl_core.config import load_config
-from mvssl_core.train import CHECKPOINT_NAME, METRICS_NAME, RESULTS_NAME, load_checkpoint, train
+from mvssl_core.runstate import CHECKPOINT_NAME, METRICS_NAME, RESULTS_NAME, load_checkpoint
+from mvssl_core.train import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_scripts import PRETRAIN, imagefolder, tiny  # noqa: E402,F401  (imagefolder: a fixture)

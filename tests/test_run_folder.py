@@ -20,18 +20,18 @@ import torch
 from mvssl_core.cli import main
 from mvssl_core.config import ConfigError, load_config
 from mvssl_core.results import ResultsError, load_results, write_results
-from mvssl_core.train import (
+from mvssl_core.runstate import (
     CHECKPOINT_NAME,
     CONFIG_NAME,
     METRICS_NAME,
     RESULTS_NAME,
     CheckpointError,
-    _set_rng_state,
-    _write_results,
     load_checkpoint,
     save_checkpoint,
-    train,
+    set_rng_state,
+    write_run_results,
 )
+from mvssl_core.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -240,7 +240,7 @@ def test_cuda_rng_states_are_restored_only_for_visible_devices(monkeypatch):
              "numpy_keys": torch.zeros(624, dtype=torch.int64) + 1, "numpy_pos": torch.tensor([624, 0]),
              "numpy_gauss": torch.tensor([0.0], dtype=torch.float64),
              "python": torch.tensor([3, *range(1, 625), 624]), "python_gauss": torch.tensor([float("nan")])}
-    _set_rng_state(state)
+    set_rng_state(state)
     assert [(int(s[0]), d) for s, d in restored] == [(0, 0)]
 
 
@@ -306,7 +306,7 @@ def test_log_checked_at_the_end_of_the_run(finished):
     rows = log.read_text().splitlines()
     log.write_text("\n".join(rows[:3]) + "\n")  # the last line lost
     with pytest.raises(CheckpointError, match=r"at the end of the run \(4 steps\).*missing steps \[4\]"):
-        _write_results(cfg, run, {}, 4, None, expected_steps=[1, 2, 3, 4])
+        write_run_results(cfg, run, {}, 4, None, expected_steps=[1, 2, 3, 4])
 
 
 def test_log_every_changed_on_resume_gives_the_expected_history(tmp_path):

@@ -28,7 +28,7 @@ from torch import nn
 from mvssl_core import dist
 from mvssl_core.config import ConfigError, load_config
 from mvssl_core.ema import ema_update_
-from mvssl_core.train import build_model
+from mvssl_core.build import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "scripts" / "configs" / "imagenet"

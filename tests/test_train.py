@@ -24,17 +24,17 @@ from mvssl_core import config as config_mod
 from mvssl_core.config import ConfigError, load_config
 from mvssl_core.methods import METHODS
 from mvssl_core.results import ResultsError, load_results
-from mvssl_core.train import (
+from mvssl_core.build import build_model
+from mvssl_core.runstate import (
     CHECKPOINT_NAME,
     METRICS_NAME,
     RESULTS_NAME,
     CheckpointError,
-    GlobalBatchSampler,
-    build_model,
     load_checkpoint,
     save_checkpoint,
-    train,
 )
+from mvssl_core.sampler import GlobalBatchSampler
+from mvssl_core.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 HEAD = {"hidden": 32, "out": 16}
@@ -443,7 +443,7 @@ def test_run_folder_errors(tmp_path):
 def test_trained_encoder_beats_random_init(tmp_path):
     """SimCLR on digits for 40 steps: the linear probe on frozen features beats the same
     architecture at its random initialisation (96.9% against 92.5% on this machine)."""
-    from mvssl_core.train import evaluate_run
+    from mvssl_core.evaluate import evaluate_run
 
     cfg = load_config(None, base={
         "method": "simclr",
