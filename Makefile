@@ -2,11 +2,15 @@
 #   make book   create .venv, install everything, build the HTML book into _build/html
 #   make test   create .venv, install everything, run the whole test suite
 #   make results  rerun the experiments whose results/ files the book loads
+#   make lab    add JupyterLab to .venv (the `lab` extra) and open the chapters as notebooks
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# `make lab` has its own stamp, so it never makes `make test` / `make book` reinstall.
+LAB_STAMP := $(VENV)/.installed-lab
+LAB_ARGS ?=
 
 # torch and torchvision are installed first, as a matched pair.
 ARCH := $(shell uname -m)
@@ -16,7 +20,7 @@ else
 TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: install test book bench results clean
+.PHONY: install test book bench results clean lab
 
 install: $(STAMP)
 
@@ -43,6 +47,24 @@ book: $(STAMP)
 	@pages=$$(grep -rl --include='*.html' 'class="output traceback"' _build/html || true); \
 	if [ -n "$$pages" ]; then echo "make book: cell tracebacks in: $$pages" >&2; exit 1; fi
 	@echo "Book built. Open file://$(CURDIR)/_build/html/index.html"
+
+# JupyterLab on 127.0.0.1 in the repo root (blocks while the server runs; LAB_ARGS=--no-browser etc.).
+# The chapters' kernelspec is `python3`: the venv's own kernel, since the server runs from the venv.
+# The venv is also registered for this user as kernel `mvssl` ("Python (mvssl)"), which a system-wide
+# Jupyter can pick to import mvssl_core. scripts/jupyterlab_overrides.json, copied to the venv's
+# JupyterLab settings (overrides.json), makes Jupytext Notebook the default viewer of .md files.
+$(LAB_STAMP): $(STAMP) pyproject.toml scripts/jupyterlab_overrides.json
+	$(BIN)/pip install --quiet -e ".[book,dev,lab]"
+	$(BIN)/python -m ipykernel install --user --name mvssl --display-name "Python (mvssl)"
+	mkdir -p $(VENV)/share/jupyter/lab/settings
+	cp scripts/jupyterlab_overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
+	touch $@
+
+# (Jupyter refuses to run as root without --allow-root: added for root, as in a container.)
+lab: $(LAB_STAMP)
+	$(BIN)/jupyter lab --ip=127.0.0.1 --ServerApp.root_dir="$(CURDIR)" \
+	  --LabApp.default_url=/lab/tree/book/intro.md \
+	  $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_core.py

@@ -12,6 +12,9 @@ the controls by ``jslink`` in the browser. myst-nb saves that widget state in th
 The frames are the PNG bytes that IPython would display for the figure (the inline backend's
 formatter), so the frame for the default values is byte-for-byte the static figure a chapter glues
 from the same call.
+
+A chapter's numbered figures go through :func:`show_and_glue`: glued for the book's
+``{glue:figure}``, and also displayed in a live kernel, where that directive does not render.
 """
 
 from __future__ import annotations
@@ -60,6 +63,34 @@ def figure_png(fig: Any) -> bytes:
     from IPython.core.pylabtools import print_figure
 
     return print_figure(fig, "png", bbox_inches="tight")
+
+
+def show_and_glue(name: str, fig: Any) -> None:
+    """Glue ``fig`` under ``name`` for the book's ``{glue:figure}``, show it in a live notebook, close it.
+
+    In the book build (:func:`building_book`) the figure is only glued (``display=False``): the
+    ``{glue:figure}`` directive places it, so it appears once. In a live kernel (JupyterLab) it is
+    also displayed as the cell's output, the same PNG the book shows, since the directive does not
+    render there. Either way the figure is then closed, so the inline backend does not show it again.
+
+    Args:
+        name: the glue key, as in the chapter's ``{glue:figure} name`` directive.
+        fig: a matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+    from myst_nb import glue
+
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty glue key, got {name!r}")
+    if not isinstance(fig, Figure):
+        raise TypeError(f"fig must be a matplotlib Figure, got {type(fig).__name__}")
+    glue(name, fig, display=False)
+    if not building_book():
+        from IPython.display import display
+
+        display(fig)
+    plt.close(fig)
 
 
 def _figure_of(result: Any, fn: Callable) -> Any:

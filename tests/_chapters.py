@@ -121,3 +121,32 @@ def glue_reference_problems(chapter: Path, nb: nbformat.NotebookNode) -> list[st
             problems.append(f"{{glue:text}}`{ref}`: {exc!r}")
     problems += [f"{{glue:figure}} {key}: no image/png" for key in figures if "image/png" not in bundles.get(key, {})]
     return problems
+
+
+def figure_problems(chapter: Path, nb: nbformat.NotebookNode) -> list[str]:
+    """Why a reader of the executed ``nb`` in JupyterLab would not see every numbered figure of
+    ``chapter``: a ``{glue:figure}`` key whose gluing cell does not also display that PNG as an
+    output (``{glue:figure}`` does not render in a notebook), or fewer ``image/png`` outputs than
+    the chapter has numbered figures. A chapter with no ``{glue:figure}`` is a problem too."""
+    import re
+
+    figures = re.findall(r"```\{glue:figure\} (\S+)", chapter.read_text(encoding="utf-8"))
+    if not figures:
+        return [f"{chapter.name}: no {{glue:figure}} directive"]
+    shown: dict[str, bool] = {}
+    n_png = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        outputs = cell.get("outputs", [])
+        pngs = [o["data"]["image/png"] for o in outputs if "image/png" in o.get("data", {})]
+        n_png += len(pngs)
+        for o in outputs:
+            name = o.get("metadata", {}).get("scrapbook", {}).get("name")
+            glued = o.get("data", {}).get(GLUE_PREFIX + "image/png")
+            if name in figures and glued is not None:
+                shown[name] = glued in pngs
+    problems = [f"{{glue:figure}} {key}: glued but not displayed in its cell" for key in figures if not shown.get(key)]
+    if n_png < len(figures):
+        problems.append(f"{chapter.name}: {n_png} image/png outputs < {len(figures)} numbered figures")
+    return problems

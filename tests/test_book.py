@@ -1,12 +1,14 @@
 """The book's chapters run: every page listed in _toc.yml exists, and every notebook page executes
-without a cell error in a fresh kernel (the same check `make book` makes, without Sphinx)."""
+without a cell error in a fresh kernel (the same check `make book` makes, without Sphinx), as a
+reader's JupyterLab runs it (no MVSSL_BOOK_BUILD): there every numbered figure is shown in the
+notebook, since `{glue:figure}` does not render outside the book."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import jupytext
-from _chapters import execute
+from _chapters import execute, figure_problems
 import pytest
 import yaml
 
@@ -66,7 +68,8 @@ def test_there_are_chapters_to_run():
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=[str(p.relative_to(ROOT)) for p in CHAPTERS])
-def test_chapter_executes_without_errors(path: Path):
+def test_chapter_executes_without_errors(path: Path, monkeypatch):
+    monkeypatch.delenv("MVSSL_BOOK_BUILD", raising=False)  # the kernel inherits it: run as in JupyterLab
     nb = jupytext.read(path)
     execute(nb, path.parent)  # raises CellExecutionError, naming the cell, on the first failing cell
     errors = [
@@ -77,3 +80,5 @@ def test_chapter_executes_without_errors(path: Path):
         if output.get("output_type") == "error"
     ]
     assert not errors, f"{path.name}: cell errors {[e.get('ename') for e in errors]}"
+    if "{glue:figure}" in path.read_text(encoding="utf-8"):
+        assert figure_problems(path, nb) == []  # each numbered figure shown where it is glued
