@@ -24,14 +24,7 @@ from mvssl_core.dist import Runtime
 from mvssl_core.runstate import CHECKPOINT_NAME, load_checkpoint
 from mvssl_core.sampler import GlobalBatchSampler
 from mvssl_core.train import train
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from test_train import _one_thread  # noqa: E402,F401  (autouse: one torch thread a test)
 
 
 def _values(out: Path, **top) -> dict:

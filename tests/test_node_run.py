@@ -9,14 +9,12 @@ Tiny recipes as in test_scripts.py (24 JPEGs, batch 8, 2 epochs = 6 steps).
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
-from test_preempt import _stops, _wait_for_lines  # noqa: E402
+from test_preempt import usr1_to_pretrain_sh  # noqa: E402
 from test_scripts import PRETRAIN, _env, _run, imagefolder, tiny  # noqa: E402,F401  (imagefolder: a fixture)
 
 pytestmark = pytest.mark.slow
@@ -59,16 +57,7 @@ def test_sigusr1_with_workers_loses_no_step_and_resumes_on_one_process(imagefold
     out = tmp_path / "run"
     args = ["dino", imagefolder, out, "--cpu", "--nproc", "2", "--results-dir", tmp_path / "results", "--",
             *tiny("dino"), "epochs=20", "checkpoint_every=0", "num_workers=2"]  # 60 steps
-    proc = subprocess.Popen([str(PRETRAIN), *map(str, args)], env=_env(tmp_path), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    seen = _wait_for_lines(proc, out / "metrics.jsonl", 2, timeout=240)
-    proc.send_signal(signal.SIGUSR1)
-    _, err = proc.communicate(timeout=240)
-    assert proc.returncode == 0, err[-3000:]
-    stops = _stops(err)
-    assert len(stops) == 2 and stops[0][1] == stops[1][1], err[-3000:]
-    step = stops[0][1]
-    assert seen <= step < 60
+    step, _ = usr1_to_pretrain_sh(args, _env(tmp_path), out / "metrics.jsonl", total=60)
     assert _checkpoint_step(out) == step and _steps(out) == list(range(1, step + 1))
 
     args[args.index("2")] = "1"  # --nproc 1

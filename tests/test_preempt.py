@@ -183,6 +183,21 @@ def test_two_gloo_processes_stop_at_the_same_step(target, tmp_path, straight_no_
         torch.testing.assert_close(pa[key], pb[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
+def usr1_to_pretrain_sh(args: list, env: dict, log: Path, total: int) -> tuple[int, str]:
+    """Run scripts/pretrain.sh (2 processes), send it SIGUSR1 once 2 log lines are written; it must exit 0 with
+    both ranks stopped at the same step. Returns (that step, the script's stderr)."""
+    proc = subprocess.Popen([str(PRETRAIN), *map(str, args)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    seen = _wait_for_lines(proc, log, 2, timeout=240)
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-3000:]
+    stops = _stops(err)
+    assert len(stops) == 2 and stops[0][1] == stops[1][1], err[-3000:]
+    assert seen <= stops[0][1] < total
+    return stops[0][1], err
+
+
 @pytest.mark.slow
 def test_pretrain_sh_requeues_on_sigusr1_under_slurm(imagefolder, tmp_path):
     """SLURM's B:USR1 to the batch shell (pretrain.sh --cpu, 2 gloo processes): the script passes it on,
@@ -198,16 +213,7 @@ def test_pretrain_sh_requeues_on_sigusr1_under_slurm(imagefolder, tmp_path):
     env["PATH"] = f"{fake}:{env['PATH']}"
     args = ["byol", imagefolder, out, "--cpu", "--results-dir", tmp_path / "results", "--",
             *tiny("byol"), "epochs=20", "checkpoint_every=0"]  # 60 steps
-    proc = subprocess.Popen([str(PRETRAIN), *map(str, args)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    seen = _wait_for_lines(proc, out / METRICS_NAME, 2, timeout=240)
-    proc.send_signal(signal.SIGUSR1)
-    _, err = proc.communicate(timeout=240)
-    assert proc.returncode == 0, err[-3000:]
-    stops = _stops(err)
-    assert len(stops) == 2 and stops[0][1] == stops[1][1], err[-3000:]
-    step = stops[0][1]
-    assert seen <= step < 60
+    step, err = usr1_to_pretrain_sh(args, env, out / METRICS_NAME, total=60)
     assert load_checkpoint(out / CHECKPOINT_NAME)["step"] == step
     assert f"stopped at step {step}" in err and "requeueing SLURM job 4242" in err
     assert calls.read_text().split("\n")[0] == "requeue 4242"
