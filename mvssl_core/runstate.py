@@ -8,7 +8,8 @@ The trainer (:func:`mvssl_core.train.train`) writes, in the run's folder :func:`
   effective_rank, discrete terms, ...), the online probe's loss and accuracy, and the step time
   (non-finite values written as null: :func:`finite_or_none`);
 - ``checkpoint.pt`` (:func:`save_checkpoint`): written atomically (temporary file + ``os.replace``) every
-  ``checkpoint_every`` steps and at the end; loaded with ``torch.load(weights_only=True)``
+  ``checkpoint_every`` steps and at the end, by a background thread from a host copy of the state
+  (:class:`CheckpointWriter`; the trainer waits for it before a stop, its results or an exit); loaded with ``torch.load(weights_only=True)``
   (:func:`load_checkpoint`); it holds a sha256 of its content (every tensor's bytes, every key and value),
   checked on load: a flipped bit is a :class:`CheckpointError`, not a silently different run (checkpoints
   of the older format ``mvssl-checkpoint/1``, without a hash, load with a warning);
@@ -38,6 +39,7 @@ import logging
 import math
 import os
 import random
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,8 @@ __all__ = [
     "RESULTS_NAME",
     "CONFIG_NAME",
     "save_checkpoint",
+    "CheckpointWriter",
+    "host_copy",
     "load_checkpoint",
     "checkpoint_config",
     "config_changes",
@@ -177,6 +181,68 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     payload["sha256"] = _content_hash(payload)
     _atomic_torch_save(payload, path)
     return path
+
+
+def host_copy(obj: Any) -> Any:
+    """A copy of ``obj`` (tensors in dicts, lists, tuples; other values as they are) whose every tensor is a new
+    tensor in host memory: training may go on updating the originals in place while the copy is written."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: host_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(host_copy(v) for v in obj)
+    return obj
+
+
+class CheckpointWriter:
+    """Checkpoints written in a background thread: the training thread only copies the state to host memory.
+
+    :meth:`submit` waits for the write in progress (raising its error), takes a host copy of the state
+    (:func:`host_copy`: on a GPU one device-to-host copy of each tensor; it costs one more copy of the state in
+    host memory while it is written), and returns; a thread hashes and writes the copy with
+    :func:`save_checkpoint` (atomic: the file on disk is the previous checkpoint until the new one is complete).
+    :meth:`wait` returns once the last submitted checkpoint is on disk and raises the error of a write that
+    failed. The trainer waits before a stop signal's barrier and at the end of its loop (also when it fails), so
+    a run never exits, nor writes its results, before its last checkpoint is on disk. Why: a DeepCluster bank of
+    ImageNet (1.22 GiB) made every checkpoint stall the step for seconds (issue 13, item 7;
+    ``scripts/bench_checkpoint.py`` measures the stall).
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.path: Path | None = None  # the checkpoint being written, or last written
+
+    def submit(self, path: str | os.PathLike, state: dict) -> None:
+        """Start writing ``state`` (as :func:`save_checkpoint` would) to ``path``, after the previous write."""
+        self.wait()
+        snapshot, self.path = host_copy(state), Path(path)
+        self._thread = threading.Thread(target=self._write, args=(self.path, snapshot),
+                                        name="mvssl-checkpoint-writer")
+        self._thread.start()
+
+    def _write(self, path: Path, snapshot: dict) -> None:
+        try:
+            save_checkpoint(path, snapshot)
+        except BaseException as e:  # kept for the training thread, which raises it in wait()
+            self._error = e
+
+    @property
+    def busy(self) -> bool:
+        """A write is in progress."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait(self) -> None:
+        """Until the submitted checkpoint is on disk; the error of a failed write is raised here (once)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            error.add_note(f"(while writing the checkpoint {self.path} in the background; the file on disk is the "
+                           "previous checkpoint)")
+            raise error
 
 
 _CHECKPOINT_KEYS = ("format", "config", "step", "model", "optimizer", "rng")

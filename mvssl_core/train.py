@@ -76,6 +76,7 @@ from mvssl_core.runstate import (
     CONFIG_NAME,
     METRICS_NAME,
     CheckpointError,
+    CheckpointWriter,
     MetricsLogError,
     check_config_file,
     check_log_steps,
@@ -89,7 +90,6 @@ from mvssl_core.runstate import (
     rewrite_log,
     rng_state,
     run_folder,
-    save_checkpoint,
     set_rng_state,
     write_run_results,
 )
@@ -162,6 +162,7 @@ class _Run:
     resumed_at: int = 0
     logged: list[int] = field(default_factory=list)  # the log's steps up to the checkpoint resumed from
     batches: Any = None  # the loader's iterator of the current epoch
+    writer: CheckpointWriter = field(default_factory=CheckpointWriter)  # rank 0's checkpoints, in a thread
 
     @property
     def main(self) -> bool:
@@ -402,6 +403,7 @@ def _loop(run: _Run) -> bool:
             log_file.close()
         if run.hook is not None:
             run.hook.remove()
+        run.writer.wait()  # the last checkpoint on disk before results, an exit or an error leaves this loop
     return True
 
 
@@ -490,6 +492,7 @@ def _maybe_checkpoint(run: _Run, epoch: int) -> bool:
         if run.main:
             _save(run)
     if stopping:
+        run.writer.wait()  # on disk before any rank may exit
         dist.global_count(0, run.rt.device)  # a barrier: no rank exits before rank 0 has written
         raise preempt.Stopped(step, total, str(run.ckpt_path), run.stop.signal_name, run.rt.rank, run.rt.world_size)
     return run.stop_after is not None and step >= run.stop_after and step < total
@@ -509,7 +512,7 @@ def _check_state(run: _Run, epoch: int) -> None:
 
 def _save(run: _Run) -> None:
     cfg, step = run.cfg, run.step
-    save_checkpoint(run.ckpt_path, {
+    run.writer.submit(run.ckpt_path, {
         "config": json.dumps(to_dict(cfg)),
         "step": step,
         "world_size": run.rt.world_size,
