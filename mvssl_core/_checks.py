@@ -6,10 +6,31 @@ that names the argument and says what was expected.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
+from contextvars import ContextVar
 from numbers import Real
 
 import torch
+
+
+_VALUE_CHECKS: ContextVar[bool] = ContextVar("mvssl_value_checks", default=True)
+
+
+@contextlib.contextmanager
+def value_checks(enabled: bool) -> Iterator[None]:
+    """Inside ``value_checks(False)``, the checks that read values and so wait for the device (:func:`finite`,
+    :func:`nonzero_rows`, the value part of :func:`probabilities`) pass without looking; type, shape and
+    argument checks still run. The trainer skips them on the steps that log nothing but the first of a process:
+    each costs a host sync, a NaN reaches the loss check of the same step anyway, and a zero row or a bad
+    probability vector is caught at the next logged step.
+    """
+    token = _VALUE_CHECKS.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _VALUE_CHECKS.reset(token)
 
 
 def tensor(x: object, name: str) -> torch.Tensor:
@@ -23,6 +44,8 @@ def tensor(x: object, name: str) -> torch.Tensor:
 
 def finite(x: torch.Tensor, name: str) -> torch.Tensor:
     """Reject NaN or infinite entries (checked without autograd, one device sync)."""
+    if not _VALUE_CHECKS.get():
+        return x
     xd = x.detach()
     if xd.is_floating_point() and xd.numel() > 0:
         # min and max propagate NaN and expose +-inf: one reduction and no (N, K) boolean temporary,
@@ -86,6 +109,8 @@ def choice(value: object, name: str, options: tuple[str, ...]) -> str:
 def probabilities(p: object, name: str, atol: float = 1e-4) -> torch.Tensor:
     """A floating ``(N, K)`` tensor whose rows are probability vectors (>= 0, summing to 1)."""
     p = embeddings(p, name, min_samples=1)
+    if not _VALUE_CHECKS.get():
+        return p
     pd = p.detach()
     if bool((pd < 0).any()):
         raise ValueError(f"{name} rows must be probability vectors: found negative entries")
@@ -145,6 +170,8 @@ def nonzero_rows(x: torch.Tensor, name: str) -> torch.Tensor:
     Under the sphere rule a row is a direction; normalising a zero row gives the zero vector, whose
     cosine with everything is 0, silently "orthogonal" to the batch.
     """
+    if not _VALUE_CHECKS.get():
+        return x
     xd = x.detach()
     if xd.dtype in (torch.float16, torch.bfloat16):
         xd = xd.float()

@@ -33,10 +33,13 @@ Python objects) are :func:`all_reduce_`, :func:`broadcast_objects` and :func:`al
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import math
 import os
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -160,7 +163,29 @@ class _AllReduceSum(torch.autograd.Function):
         return grad
 
 
+_EQUAL_BATCHES: ContextVar[bool] = ContextVar("mvssl_equal_batches", default=False)
+
+
+@contextlib.contextmanager
+def equal_batches() -> Iterator[None]:
+    """Inside, every rank holds as many rows as this one in what it passes to :func:`gather`,
+    :func:`local_slice` and :func:`global_mean`: the caller's promise, as ``gather(equal_sizes=True)``.
+
+    The sizes are then not exchanged: each such call makes one collective and one host sync fewer. The
+    trainer's micro-step runs inside (its per-rank micro-batches are equal, :class:`~mvssl_core.sampler.
+    GlobalBatchSampler`). A broken promise is not checked: an all-gather of unequal shapes then fails or
+    misbehaves, depending on the backend.
+    """
+    token = _EQUAL_BATCHES.set(True)
+    try:
+        yield
+    finally:
+        _EQUAL_BATCHES.reset(token)
+
+
 def _gather_sizes(n: int, device: torch.device) -> list[int]:
+    if _EQUAL_BATCHES.get():
+        return [n] * torch_dist.get_world_size()
     local = torch.tensor([n], device=device, dtype=torch.long)
     sizes = [torch.zeros_like(local) for _ in range(torch_dist.get_world_size())]
     torch_dist.all_gather(sizes, local)
@@ -208,7 +233,9 @@ def local_slice(n_local: int, device: torch.device | str = "cpu") -> slice:
 
 def global_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean of ``x`` over dim 0 of the global batch (all ranks' rows), keeping gradients."""
-    return all_reduce_sum(x.sum(dim=0)) / global_count(x.shape[0], x.device)
+    n = x.shape[0] * torch_dist.get_world_size() if _EQUAL_BATCHES.get() and is_distributed() else \
+        global_count(x.shape[0], x.device)
+    return all_reduce_sum(x.sum(dim=0)) / n
 
 
 @torch.no_grad()

@@ -64,7 +64,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from mvssl_core import _checks as checks
 from mvssl_core import dist, preempt, runlock
+from mvssl_core import sampler as sampler_mod
 from mvssl_core.build import build_model, build_optimizer, build_train_set, n_classes, use_gpu_pipeline
 from mvssl_core.config import ConfigError, RunConfig, save_config, to_dict, validate
 from mvssl_core.dist import Runtime
@@ -238,7 +240,8 @@ def _build(cfg: RunConfig, rt: Runtime, run_dir: Path, stop: preempt.StopSignals
     gpu_pipeline = use_gpu_pipeline(cfg, rt)
     dataset = build_train_set(cfg, gpu_pipeline)
     sampler = GlobalBatchSampler(len(dataset), cfg.batch_size, accumulate=cfg.accumulate,
-                                 world_size=rt.world_size, rank=rt.rank, seed=cfg.seed, with_epoch=True)
+                                 world_size=rt.world_size, rank=rt.rank, seed=cfg.seed, with_epoch=True,
+                                 piece=sampler_mod.WORKER_TASK)
     steps_per_epoch = sampler.steps_per_epoch
     total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
     warmup = min(int(round(cfg.optim.warmup_epochs * steps_per_epoch)), total - 1)
@@ -444,12 +447,15 @@ def _micro_step(run: _Run, micro: int, epoch: int, progress: float, logged_step:
     """Forward and backward of one micro-batch (and the probe's); its metrics (on ``logged_step``: all)."""
     cfg, step = run.cfg, run.step
     with one_thread(cfg.num_workers == 0):
-        batch = next_batch(run.batches, step)
+        batch = next_batch(run.batches, step, run.sampler.pieces)
     views, labels, indices = _on_device(run, batch, step, micro)
     last = micro == cfg.accumulate - 1
     sync = run.model.no_sync() if run.rt.distributed and not last else contextlib.nullcontext()
     run.captured.clear()
-    with sync:
+    # equal micro-batches on every rank: no size exchange; value checks only where they are logged (and on the
+    # first step of this process): each is a host sync, and a NaN reaches the loss check anyway
+    checked = logged_step or step == run.resumed_at
+    with sync, dist.equal_batches(), checks.value_checks(checked):
         out = _forward(run, views, indices, progress, logged_step, epoch)
         loss_value, loss_ok = _loss_check(out.loss, run.rt)
         if not loss_ok:
@@ -460,8 +466,9 @@ def _micro_step(run: _Run, micro: int, epoch: int, progress: float, logged_step:
         (out.loss / cfg.accumulate).backward()
     metrics = {**out.metrics, "loss": loss_value}
     if run.probe is not None:
-        metrics.update(_probe_step(run.probe, run.captured[0], labels, views[0].shape[0], cfg.accumulate, run.rt,
-                                   values=logged_step))
+        with dist.equal_batches():
+            metrics.update(_probe_step(run.probe, run.captured[0], labels, views[0].shape[0], cfg.accumulate,
+                                       run.rt, values=logged_step))
     return metrics
 
 

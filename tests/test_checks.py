@@ -116,3 +116,35 @@ def test_sphere_bounds_refuse_zero_rows(call, name):
 def test_gaussian_er_bound_accepts_zero_rows():
     # no sphere in R^d: the origin is a point like any other
     assert torch.isfinite(bounds.er_bound(_ZERO, _Z2, kernel="gaussian", bandwidth=1.0).bound)
+
+
+def test_value_checks_off_skips_only_the_checks_that_read_values():
+    nan = torch.tensor([[1.0, float("nan")], [0.5, 0.5]])
+    zero_row = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
+    not_probs = torch.tensor([[0.9, 0.9], [0.5, 0.5]])
+    with checks.value_checks(False):
+        assert checks.finite(nan, "z") is nan
+        assert checks.nonzero_rows(zero_row, "z") is zero_row
+        assert checks.probabilities(not_probs, "p") is not_probs
+        with pytest.raises(ValueError, match=r"z must have shape \(N, d\)"):  # shapes and types still checked
+            checks.embeddings(torch.ones(3), "z")
+        with pytest.raises(TypeError, match="floating-point"):
+            checks.probabilities(torch.ones(2, 2, dtype=torch.long), "p")
+        with checks.value_checks(True):  # nested: on again, then back off
+            with pytest.raises(ValueError, match="finite"):
+                checks.finite(nan, "z")
+        checks.finite(nan, "z")
+    with pytest.raises(ValueError, match="finite"):  # back on outside
+        checks.finite(nan, "z")
+    with pytest.raises(ValueError, match="norm 0"):
+        checks.nonzero_rows(zero_row, "z")
+    with pytest.raises(ValueError, match="summing to 1"):
+        checks.probabilities(not_probs, "p")
+
+
+def test_value_checks_are_restored_after_an_error():
+    with pytest.raises(RuntimeError):
+        with checks.value_checks(False):
+            raise RuntimeError("inside")
+    with pytest.raises(ValueError, match="finite"):
+        checks.finite(torch.tensor([float("inf")]), "z")

@@ -143,6 +143,53 @@ def test_gpu_pipeline_with_persistent_workers_equals_no_workers(tmp_path, monkey
 
 
 # ------------------------------------------------------------------------------------------------
+# smaller worker tasks: a micro-batch read as pieces
+
+
+def test_sampler_pieces_join_to_the_whole_micro_batches():
+    whole = GlobalBatchSampler(80, 16, accumulate=2, world_size=2, rank=1, seed=5, with_epoch=True)
+    cut = GlobalBatchSampler(80, 16, accumulate=2, world_size=2, rank=1, seed=5, with_epoch=True, piece=3)
+    assert (whole.pieces, cut.piece, cut.pieces) == (1, 3, 2)  # 4 per rank: pieces of 3 and 1
+    for s in (whole, cut):
+        s.set_epoch(1, 2)
+    pieces = list(cut)
+    assert len(pieces) == len(cut) == 2 * len(whole) and [len(p) for p in pieces[:2]] == [3, 1]
+    assert [pieces[i] + pieces[i + 1] for i in range(0, len(pieces), 2)] == list(whole)
+    assert GlobalBatchSampler(80, 16, piece=100).pieces == 1
+    with pytest.raises(ValueError, match="piece must be an int >= 1"):
+        GlobalBatchSampler(80, 16, piece=0)
+
+
+def test_join_pieces_of_every_pipeline():
+    views = [([torch.full((2, 3), 1.0), torch.full((2, 5), 2.0)], torch.tensor([0, 1]), torch.tensor([7, 8])),
+             ([torch.full((1, 3), 3.0), torch.full((1, 5), 4.0)], torch.tensor([2]), torch.tensor([9]))]
+    joined, labels, indices = sampler_mod.join_pieces(views)
+    assert [v.shape for v in joined] == [(3, 3), (3, 5)] and joined[0][2, 0] == 3.0 and joined[1][0, 0] == 2.0
+    assert labels.tolist() == [0, 1, 2] and indices.tolist() == [7, 8, 9]
+    images = [(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.tensor([0, 1]), torch.tensor([0, 1])),
+              (torch.ones(1, 3, 4, 4, dtype=torch.uint8), torch.tensor([2]), torch.tensor([2]))]
+    assert sampler_mod.join_pieces(images)[0].shape == (3, 3, 4, 4)
+    files = [([torch.arange(5, dtype=torch.uint8), torch.arange(3, dtype=torch.uint8)], torch.tensor([0, 1]),
+              torch.tensor([0, 1])), ([torch.arange(4, dtype=torch.uint8)], torch.tensor([2]), torch.tensor([2]))]
+    assert [len(f) for f in sampler_mod.join_pieces(files)[0]] == [5, 3, 4]
+    assert sampler_mod.join_pieces(files[:1]) is files[0]
+
+
+@pytest.mark.parametrize("gpu_pipeline", [False, True], ids=["cpu-views", "device-views"])
+def test_workers_on_pieces_train_bit_for_bit_as_whole_micro_batches(tmp_path, monkeypatch, gpu_pipeline):
+    """Pieces of 3 samples (the trainer's micro-batch of 16 read as 6 loader items by 2 workers): every
+    parameter equals the run that reads whole micro-batches in the main process."""
+    train(_cfg(tmp_path / "whole", data={"gpu_pipeline": gpu_pipeline}))
+    rec = _Recorder()
+    monkeypatch.setattr(sampler_mod, "DataLoader", rec.cls)
+    monkeypatch.setattr(sampler_mod, "WORKER_TASK", 3)
+    train(_cfg(tmp_path / "pieces", num_workers=2, data={"gpu_pipeline": gpu_pipeline}))
+    assert len(rec.batches) == 4 * 6 and max(len(idx) for _, idx in rec.batches) == 3
+    a, b = _params(tmp_path / "whole"), _params(tmp_path / "pieces")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------------------------------------
 # data.gpu_pipeline: auto
 
 
