@@ -1,5 +1,5 @@
 """Issue 13's "done when", end to end through ``scripts/pretrain.sh --cpu`` (2 gloo processes, DataLoader workers):
-every method family on both data pipelines (PIL views in the workers; the batched views of
+every method (the 5 families and their ER variants) on both data pipelines (PIL views in the workers; the batched views of
 ``mvssl_core.gpu_views`` from undecoded JPEG bytes), stopped after 3 steps and resumed on another process count;
 and SIGUSR1 with workers: no step lost, resumed on one process.
 
@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from mvssl_core.methods import METHODS
 
 from test_preempt import usr1_to_pretrain_sh  # noqa: E402
 from test_scripts import PRETRAIN, _env, _run, imagefolder, tiny  # noqa: E402,F401  (imagefolder: a fixture)
@@ -29,7 +31,7 @@ def _checkpoint_step(run: Path) -> int:
 
 
 @pytest.mark.parametrize("pipeline", ["workers", "device"])
-@pytest.mark.parametrize("method", ["simclr_er", "byol", "dino_er", "swav", "deepcluster_er"])
+@pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_runs_on_both_pipelines_and_resumes_on_another_process_count(method, pipeline, imagefolder,
                                                                                    tmp_path):
     out = tmp_path / "run"
