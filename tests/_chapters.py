@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nbclient
@@ -96,29 +97,73 @@ def glued_values(nb: nbformat.NotebookNode) -> dict[str, object]:
     return values
 
 
-def glue_reference_problems(chapter: Path, nb: nbformat.NotebookNode) -> list[str]:
-    """What `make book` would warn about in ``chapter``'s prose, checked without Sphinx: a
-    ``{glue:text}`` key glued by no cell or whose format does not apply to the glued value, a
-    ``{glue:figure}`` key with no PNG. A chapter without either role is a problem too (the regexes
-    would then be checking nothing)."""
-    import re
+# The numbers in a chapter's prose: {eval}`text("key")` / {eval}`text("key", "fmt")` (mvssl_core.booktext).
+EVAL_ROLE = re.compile(r"\{eval\}`([^`]*)`")
+TEXT_EXPR = re.compile(r'text\("([^"]+)"(?:, "([^"]*)")?\)')
+# roles that JupyterLab leaves raw: {glue}`key`, {glue:}`key`, {glue:text}`key:fmt`, {glue:md}`key`, ...
+GLUE_ROLE = re.compile(r"\{glue(?::[a-z]*)?\}`")
+FIGURE_DIRECTIVE = re.compile(r"```\{glue:figure\} (\S+)")
 
-    from myst_nb.core.variables import format_plain_text
 
-    bundles = glued_bundles(nb)
-    text = chapter.read_text(encoding="utf-8")
-    roles = re.findall(r"\{glue:text\}`([^`]+)`", text)
-    figures = re.findall(r"```\{glue:figure\} (\S+)", text)
-    problems = [] if roles and figures else [f"{chapter.name}: no {{glue:text}} role or no {{glue:figure}}"]
-    for ref in roles:
-        key, _, fmt = ref.rpartition(":") if ":" in ref else (ref, "", "s")
-        if key not in bundles:
-            problems.append(f"{{glue:text}}`{ref}`: nothing glued under {key!r}")
+def prose_refs(source: str) -> list[tuple[str, str]]:
+    """``(key, fmt)`` of every ``{eval}`text("key", "fmt")``` role in a chapter's ``source`` (fmt "s"
+    when the role gives none), in order."""
+    matches = (TEXT_EXPR.fullmatch(expr) for expr in EVAL_ROLE.findall(source))
+    return [(m.group(1), "s" if m.group(2) is None else m.group(2)) for m in matches if m]
+
+
+def prose_keys(source: str) -> set[str]:
+    """The glue keys a chapter's ``source`` shows: its ``{eval}`text(...)``` keys and ``{glue:figure}`` keys."""
+    return {key for key, _ in prose_refs(source)} | set(FIGURE_DIRECTIVE.findall(source))
+
+
+def eval_role_problems(nb: nbformat.NotebookNode) -> list[str]:
+    """Why an ``{eval}`` role of the executed ``nb`` would not show its number, checked without a kernel,
+    in the order myst-nb's inline mode and JupyterLab evaluate them: each markdown cell's roles are
+    evaluated with :func:`mvssl_core.booktext.text` knowing only what the code cells *above* it glued.
+
+    A problem is an expression that does not match ``EVAL_NAME_REGEX`` (myst-nb refuses it), a key glued
+    by no cell above (``KeyError``), or a format that does not apply to the glued value. Also a
+    ``{glue...}`` role left in a markdown cell, which JupyterLab shows raw."""
+    from unittest import mock
+
+    from mvssl_core import booktext
+
+    problems: list[str] = []
+    glued: dict[str, str] = {}
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            for o in cell.get("outputs", []):
+                name = o.get("metadata", {}).get("scrapbook", {}).get("name")
+                plain = o.get("data", {}).get(GLUE_PREFIX + "text/plain")
+                if name and plain is not None:
+                    glued[name] = plain
             continue
-        try:
-            format_plain_text(bundles[key]["text/plain"], fmt or "s")
-        except Exception as exc:  # noqa: BLE001 - any failure is what Sphinx would report
-            problems.append(f"{{glue:text}}`{ref}`: {exc!r}")
+        if cell.cell_type != "markdown":
+            continue
+        problems += [f"cell {index}: raw role {m.group(0)}..." for m in GLUE_ROLE.finditer(cell.source)]
+        with mock.patch.dict(booktext._TEXT, glued, clear=True):
+            for expr in EVAL_ROLE.findall(cell.source):
+                if not re.match(booktext.EVAL_NAME_REGEX, expr):
+                    problems.append(f"cell {index}: {{eval}}`{expr}` does not match EVAL_NAME_REGEX")
+                    continue
+                try:
+                    eval(expr, {"__builtins__": {}}, {"text": booktext.text})  # noqa: S307 - matched the regex
+                except Exception as exc:  # noqa: BLE001 - any failure is what the reader would see
+                    problems.append(f"cell {index}: {{eval}}`{expr}`: {exc!r}")
+    return problems
+
+
+def glue_reference_problems(chapter: Path, nb: nbformat.NotebookNode) -> list[str]:
+    """What `make book` would warn about in ``chapter``'s prose, checked without Sphinx: an
+    ``{eval}`text(...)``` role whose key is not glued above it or whose format does not apply
+    (:func:`eval_role_problems`), a ``{glue:figure}`` key with no PNG. A chapter without either an
+    ``{eval}`` role or a ``{glue:figure}`` is a problem too (the regexes would then be checking nothing)."""
+    bundles = glued_bundles(nb)
+    source = chapter.read_text(encoding="utf-8")
+    figures = FIGURE_DIRECTIVE.findall(source)
+    problems = [] if prose_refs(source) and figures else [f"{chapter.name}: no {{eval}} role or no {{glue:figure}}"]
+    problems += eval_role_problems(nb)
     problems += [f"{{glue:figure}} {key}: no image/png" for key in figures if "image/png" not in bundles.get(key, {})]
     return problems
 
@@ -128,9 +173,7 @@ def figure_problems(chapter: Path, nb: nbformat.NotebookNode) -> list[str]:
     ``chapter``: a ``{glue:figure}`` key whose gluing cell does not also display that PNG as an
     output (``{glue:figure}`` does not render in a notebook), or fewer ``image/png`` outputs than
     the chapter has numbered figures. A chapter with no ``{glue:figure}`` is a problem too."""
-    import re
-
-    figures = re.findall(r"```\{glue:figure\} (\S+)", chapter.read_text(encoding="utf-8"))
+    figures = FIGURE_DIRECTIVE.findall(chapter.read_text(encoding="utf-8"))
     if not figures:
         return [f"{chapter.name}: no {{glue:figure}} directive"]
     shown: dict[str, bool] = {}

@@ -1,14 +1,15 @@
 """The book's chapters run: every page listed in _toc.yml exists, and every notebook page executes
 without a cell error in a fresh kernel (the same check `make book` makes, without Sphinx), as a
 reader's JupyterLab runs it (no MVSSL_BOOK_BUILD): there every numbered figure is shown in the
-notebook, since `{glue:figure}` does not render outside the book."""
+notebook, since `{glue:figure}` does not render outside the book, and every ``{eval}`` number of the
+prose evaluates where it stands (``eval_role_problems``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import jupytext
-from _chapters import execute, figure_problems
+from _chapters import eval_role_problems, execute, figure_problems
 import pytest
 import yaml
 
@@ -82,3 +83,6 @@ def test_chapter_executes_without_errors(path: Path, monkeypatch):
     assert not errors, f"{path.name}: cell errors {[e.get('ename') for e in errors]}"
     if "{glue:figure}" in path.read_text(encoding="utf-8"):
         assert figure_problems(path, nb) == []  # each numbered figure shown where it is glued
+    # each {eval} number of the prose is filled in where it stands (myst-nb inline mode, JupyterLab):
+    # booktext.text of a key glued by a cell above it, checked without the kernel
+    assert eval_role_problems(nb) == []

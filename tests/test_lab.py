@@ -191,3 +191,84 @@ def test_eval_roles_give_the_glue_text(chapter: Path, monkeypatch):
     for expr in exprs:
         key, fmt = re.match(r'text\("([^"]+)"(?:, "([^"]*)")?\)', expr).groups()
         assert shown[expr] == format_plain_text(bundles[key]["text/plain"], fmt or "s"), expr
+
+
+# ------------------------------------------------------------------------------------------------
+# No chapter keeps a {glue...} role in its prose (JupyterLab shows it raw), checked without a kernel
+
+ALL_CHAPTERS = sorted((ROOT / "book").glob("*.md"))
+
+
+@pytest.mark.parametrize("chapter", ALL_CHAPTERS, ids=[p.name for p in ALL_CHAPTERS])
+def test_prose_has_no_glue_role_and_valid_eval_roles(chapter: Path):
+    """The markdown cells hold no ``{glue}`` / ``{glue:text}`` / ``{glue:md}`` role (``{glue:figure}`` is a
+    directive, allowed); every ``{eval}`` is ``text("key"[, "fmt"])`` (EVAL_NAME_REGEX), and a chapter with
+    one sets myst-nb's inline mode, without which the book would not evaluate it."""
+    import jupytext
+    from _chapters import EVAL_ROLE, GLUE_ROLE
+
+    from mvssl_core.booktext import EVAL_NAME_REGEX
+
+    nb = jupytext.read(chapter)
+    prose = [c.source for c in nb.cells if c.cell_type == "markdown"]
+    assert [m.group(0) for src in prose for m in GLUE_ROLE.finditer(src)] == []
+    exprs = [e for src in prose for e in EVAL_ROLE.findall(src)]
+    assert [e for e in exprs if not re.match(EVAL_NAME_REGEX, e)] == []
+    if exprs:
+        assert nb.metadata.get("mystnb") == {"execution_mode": "inline", "eval_name_regex": EVAL_NAME_REGEX}
+
+
+def _glue_output(name: str, plain: str) -> dict:
+    """A cell output as ``myst_nb.glue(name, value, display=False)`` writes it."""
+    return nbformat.v4.new_output("display_data", data={GLUE_PREFIX + "text/plain": plain},
+                                  metadata={"scrapbook": {"name": name, "mime_prefix": GLUE_PREFIX}})
+
+
+def test_eval_role_problems_evaluates_each_role_where_it_stands():
+    """Kernel-free, in inline order: a key glued below its prose, a format that does not apply, an
+    expression outside EVAL_NAME_REGEX and a raw {glue:text} role are each reported; the rest pass."""
+    from _chapters import eval_role_problems
+
+    glued = nbformat.v4.new_code_cell("glue(...)")
+    glued.outputs = [_glue_output("a", "0.12345"), _glue_output("s", "'word'")]
+    late = nbformat.v4.new_code_cell("glue(...)")
+    late.outputs = [_glue_output("b", "2")]
+    md = nbformat.v4.new_markdown_cell
+    nb = nbformat.v4.new_notebook(cells=[
+        md('{eval}`text("a", ".2f")`'),                                   # 0: glued only in cell 1
+        glued,
+        md('{eval}`text("a", ".2f")` {eval}`text("s")` {eval}`text("b")`'),  # 2: b glued in cell 4
+        md('{eval}`text("s", ".2f")` {eval}`1 + 1` {glue:text}`a:.2f`'),  # 3: bad format, regex, raw
+        late,
+        md('{eval}`text("b")`'),                                           # 5: fine
+    ])
+    problems = eval_role_problems(nb)
+    assert [p.split(":")[0] for p in problems] == ["cell 0", "cell 2", "cell 3", "cell 3", "cell 3"]
+    assert "KeyError" in problems[0] and "'a'" in problems[0]
+    assert "KeyError" in problems[1] and "'b'" in problems[1]
+    assert "raw role {glue:text}`" in problems[2]
+    assert 'text("s", ".2f")' in problems[3] and "ValueError" in problems[3]
+    assert "{eval}`1 + 1` does not match EVAL_NAME_REGEX" in problems[4]
+
+
+def test_glue_to_eval_converts_roles_import_and_front_matter():
+    """scripts/glue_to_eval.py: each role, the import and the front matter; a rerun changes nothing;
+    a key {eval} cannot hold is refused, naming the role."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("glue_to_eval", ROOT / "scripts" / "glue_to_eval.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    from mvssl_core.booktext import EVAL_NAME_REGEX
+
+    src = ("---\nkernelspec:\n  name: python3\n---\n\n```{code-cell} ipython3\nfrom myst_nb import glue\n```\n\n"
+           "$k = $ {glue:text}`k` and {glue:text}`x:.2f` nats.\n")
+    out, n = script.convert(src)
+    assert n == 2
+    assert "$k = $ {eval}`text(\"k\")` and {eval}`text(\"x\", \".2f\")` nats.\n" in out
+    assert "from mvssl_core.booktext import glue, text\n" in out and "myst_nb" not in out
+    front = yaml.safe_load(out.split("---\n")[1])
+    assert front["mystnb"] == {"execution_mode": "inline", "eval_name_regex": EVAL_NAME_REGEX}
+    assert script.convert(out) == (out, 0)
+    with pytest.raises(script.ConvertError, match=r"\{glue:text\}`a-b:\.2f`: key 'a-b'"):
+        script.convert(src.replace("{glue:text}`x:.2f`", "{glue:text}`a-b:.2f`"))

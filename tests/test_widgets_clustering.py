@@ -15,7 +15,7 @@ import math
 import re
 from pathlib import Path
 
-from _chapters import chapter_errors, check_errors, glued_values, run_checks
+from _chapters import chapter_errors, check_errors, eval_role_problems, glued_values, prose_keys, run_checks
 import nbformat
 import numpy as np
 import pytest
@@ -186,9 +186,11 @@ def test_callback_checks(executed, name):
 
 def test_every_glue_reference_is_glued(executed):
     text = CHAPTER.read_text()
-    used = set(re.findall(r"\{glue:text\}`([^`:]+)", text)) | set(re.findall(r"```\{glue:figure\} (\S+)", text))
+    used = prose_keys(text)
+    assert len(used) > 30  # the {eval} roles were found, not silently none
     missing = used - set(glued_values(executed))
     assert not missing, f"referenced but never glued: {sorted(missing)}"
+    assert eval_role_problems(executed) == []  # each key glued above the prose that shows it (inline mode)
 
 
 def test_verdicts_recomputed_from_raw(executed):
